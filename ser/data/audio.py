@@ -1,0 +1,89 @@
+"""Decoding and checking audio, and turning it into what the encoder expects (16 kHz mono float32)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000  # every wav2vec 2.0 / HuBERT / WavLM checkpoint was pretrained at 16 kHz
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message is the reason."""
+
+
+def _wav_declared_frames(data: bytes) -> int | None:
+    """Frames that a RIFF/WAVE header promises, or None when the file is no plain WAV.
+
+    libsndfile silently shortens a WAV whose data chunk is cut off, so a truncated file
+    decodes as a shorter valid clip; comparing against the header is the only way to notice.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, None
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk_id == b"fmt " and pos + 22 <= len(data):
+            block_align = int.from_bytes(data[pos + 20 : pos + 22], "little")
+        elif chunk_id == b"data":
+            if not block_align or size == 0xFFFFFFFF:  # no format yet, or a streamed WAV of unknown length
+                return None
+            return size // block_align
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode an audio file held in memory.
+
+    Returns:
+        ``(audio, sample_rate)`` with audio float32 of shape ``(T, C)``.
+
+    Raises:
+        AudioError: empty, undecodable or truncated input.
+    """
+    if not data:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as audio_file:
+            audio = audio_file.read(dtype="float32", always_2d=True)
+            sample_rate = audio_file.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError(f"cannot be decoded ({error})") from None
+    if len(audio) == 0:
+        raise AudioError("no audio frames (header only)")
+    declared = _wav_declared_frames(data)
+    if declared is not None and len(audio) < declared:
+        raise AudioError(f"truncated: the header promises {declared} frames, the file holds {len(audio)}")
+    if not np.isfinite(audio).all():
+        raise AudioError("contains NaN or infinite samples")
+    return audio, sample_rate
+
+
+def to_model_input(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE, normalize: bool = True) -> np.ndarray:
+    """Mix ``(T, C)`` audio to mono, resample to ``target_rate`` and optionally normalise.
+
+    Normalisation is zero mean and unit variance per clip, exactly as
+    ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does for the published checkpoints.
+
+    Returns:
+        float32 array of shape ``(T',)``.
+    """
+    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+    if sample_rate != target_rate:
+        mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate, target_rate).numpy()
+    mono = mono.astype(np.float32, copy=False)
+    if normalize:
+        mono = (mono - mono.mean()) / np.sqrt(mono.var() + 1e-7)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def load(path: str | Path, target_rate: int = SAMPLE_RATE, normalize: bool = True) -> np.ndarray:
+    """Read any file ``soundfile`` understands as model input ``(T,)`` (see :func:`to_model_input`)."""
+    audio, sample_rate = decode(Path(path).read_bytes())
+    return to_model_input(audio, sample_rate, target_rate, normalize)

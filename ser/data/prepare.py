@@ -1,0 +1,258 @@
+"""Preprocess the corpus once into an on-disk, memory-mapped cache.
+
+Every clip is decoded, checked, mixed to mono, resampled to 16 kHz and optionally normalised, then
+appended to one float32 file that training memory-maps: a warm start reads no audio at all, and
+dataloader workers share the page cache instead of each holding a copy.
+
+The cache directory is named by a hash of the source files (names, sizes, mtimes) and of the
+preprocessing settings, so a changed file or setting leads to a new entry. An entry is built in a
+temporary directory and renamed into place only when complete, so an interrupted run never leaves
+a cache that later loads as valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from . import audio
+from ..io import write_json
+from .corpus import ArchiveSource, CorpusError, DirectorySource, SourceFile, open_source
+from .ravdess import parse_name
+
+CACHE_VERSION = 1
+_AUDIO_FILE = "audio.f32"
+_INDEX_FILE = "clips.json"
+_REPORT_FILE = "report.json"
+# Starting a worker process costs about 3 s (it imports torch), as much as decoding ~150 clips: below
+# this many clips one process is faster.
+PARALLEL_MIN_CLIPS = 256
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Everything that changes the cached samples; part of the cache key."""
+
+    sample_rate: int = audio.SAMPLE_RATE
+    normalize: bool = True
+    modality: int = 3  # audio-only
+    vocal_channel: int = 1  # speech
+
+
+@dataclass
+class PreparedCorpus:
+    """A preprocessed corpus: clip metadata, and their samples in one memory-mapped array."""
+
+    path: Path
+    clips: list[dict]  # key, offset, length, label, emotion, actor, gender, intensity, statement, repetition
+    skipped: list[dict] = field(default_factory=list)  # {"key", "location", "reason"}
+    excluded: int = 0  # well-formed clips outside the chosen modality / vocal channel
+    source: str = ""
+    settings: dict = field(default_factory=dict)
+
+    @cached_property
+    def samples(self) -> np.ndarray:
+        """All clips back to back, float32 ``(N,)``, memory-mapped read-only."""
+        return np.memmap(self.path / _AUDIO_FILE, dtype=np.float32, mode="r")
+
+    def waveform(self, index: int) -> np.ndarray:
+        """Samples of clip ``index``, ``(T,)``: a view into the memory map, not a copy."""
+        clip = self.clips[index]
+        return self.samples[clip["offset"] : clip["offset"] + clip["length"]]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.settings["sample_rate"]
+
+    def lengths(self) -> np.ndarray:
+        return np.array([clip["length"] for clip in self.clips], dtype=np.int64)
+
+    def summary(self) -> dict:
+        """Counts for people: clips per emotion and actor, duration, what was skipped and why."""
+        return {
+            "clips": len(self.clips),
+            "emotions": dict(sorted(Counter(c["emotion"] for c in self.clips).items())),
+            "actors": dict(sorted(Counter(c["actor"] for c in self.clips).items())),
+            "hours": float(self.lengths().sum() / self.sample_rate / 3600),
+            "skipped": self.skipped,
+            "excluded": self.excluded,
+            "cache": str(self.path),
+            "source": self.source,
+        }
+
+    def __getstate__(self):
+        # Workers re-open the memory map themselves; pickling it would copy every sample.
+        state = dict(self.__dict__)
+        state.pop("samples", None)
+        return state
+
+
+class StrictError(CorpusError):
+    """``data.strict=true`` and some files were unusable."""
+
+
+def _cache_key(source: DirectorySource | ArchiveSource, settings: PrepareSettings) -> str:
+    blob = json.dumps([CACHE_VERSION, asdict(settings), source.fingerprint()], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _process(task: tuple[DirectorySource | ArchiveSource, SourceFile, PrepareSettings]) -> tuple:
+    """Decode and preprocess one file in a worker: ``(samples or None, reason or None, content digest)``."""
+    source, file, settings = task
+    try:
+        data = source.read(file)
+    except OSError as error:
+        return None, f"cannot be read ({error})", None
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        samples, rate = audio.decode(data)
+    except audio.AudioError as error:
+        return None, str(error), digest
+    return audio.to_model_input(samples, rate, settings.sample_rate, settings.normalize), None, digest
+
+
+def _sort_out(files: list[SourceFile], settings: PrepareSettings) -> tuple[list[tuple[SourceFile, object]], list[dict], int]:
+    """Split files into well-named clips to decode, files skipped by name, and clips excluded by the filter."""
+    keep, skipped, excluded, seen = [], [], 0, {}
+    for file in files:
+        try:
+            name = parse_name(file.key)
+        except ValueError as error:
+            skipped.append({"key": file.key, "location": file.location, "reason": f"name outside the RAVDESS scheme: {error}"})
+            continue
+        folder = file.key.split("/")[0]
+        if folder.startswith("Actor_") and int(folder[6:]) != name.actor:
+            skipped.append({"key": file.key, "location": file.location, "reason": f"actor {name.actor:02d} in the name but the file is in {folder}"})
+            continue
+        if (name.modality, name.vocal_channel) != (settings.modality, settings.vocal_channel):
+            excluded += 1
+            continue
+        if name.stem in seen:
+            skipped.append({"key": file.key, "location": file.location, "reason": f"duplicate of {seen[name.stem]}"})
+            continue
+        seen[name.stem] = file.location
+        keep.append((file, name))
+    return keep, skipped, excluded
+
+
+def _run_parallel(tasks: list, workers: int, progress: bool, description: str):
+    """Yield ``_process`` results in task order, over worker processes when there is enough work."""
+    from rich.progress import track
+
+    parallel = workers > 1 and len(tasks) >= PARALLEL_MIN_CLIPS
+    if not parallel:
+        results = map(_process, tasks)
+    else:
+        # spawn, not fork: forking a process that has already run torch's thread pools can deadlock.
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        results = pool.map(_process, tasks, chunksize=8)
+    try:
+        yield from track(results, total=len(tasks), description=description, disable=not progress, transient=False)
+    finally:
+        if parallel:
+            pool.shutdown(cancel_futures=True)
+
+
+def _load(entry: Path) -> PreparedCorpus:
+    index = json.loads((entry / _INDEX_FILE).read_text())
+    report = json.loads((entry / _REPORT_FILE).read_text())
+    return PreparedCorpus(path=entry, clips=index, **report)
+
+
+def _check_strict(corpus: PreparedCorpus) -> None:
+    if corpus.skipped:
+        lines = [f"  {s['location']}: {s['reason']}" for s in corpus.skipped]
+        raise StrictError(
+            f"{len(corpus.skipped)} unusable file(s) and data.strict=true; fix or remove them, or set data.strict=false:\n"
+            + "\n".join(lines)
+        )
+
+
+def prepare(
+    root: str | Path,
+    cache_dir: str | Path,
+    settings: PrepareSettings = PrepareSettings(),
+    strict: bool = False,
+    download: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedCorpus:
+    """Preprocess the corpus at ``root`` into ``cache_dir``, or load it from there when already done.
+
+    Unusable files (undecodable, empty, truncated, misnamed, duplicated) are skipped and listed in
+    ``PreparedCorpus.skipped``; with ``strict=True`` they raise :class:`StrictError` instead.
+    """
+    source = open_source(root, download=download, progress=progress)
+    cache_dir = Path(cache_dir).expanduser()
+    entry = cache_dir / _cache_key(source, settings)
+    if (entry / _REPORT_FILE).is_file():
+        corpus = _load(entry)
+        if strict:
+            _check_strict(corpus)
+        return corpus
+
+    files = source.files()
+    if not files:
+        raise CorpusError(f"no audio files in {source.description}; point data.root at the RAVDESS corpus")
+    keep, skipped, excluded = _sort_out(files, settings)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_dir))
+    try:
+        clips, offset, digests = [], 0, {}
+        tasks = [(source, file, settings) for file, _ in keep]
+        workers = workers or os.cpu_count() or 1
+        with open(building / _AUDIO_FILE, "wb") as samples_file:
+            results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} clips")
+            for (file, name), (samples, reason, digest) in zip(keep, results):
+                if reason is None and digest in digests:
+                    reason = f"same content as {digests[digest]}"
+                if reason is not None:
+                    skipped.append({"key": file.key, "location": file.location, "reason": reason})
+                    continue
+                digests[digest] = file.location
+                samples_file.write(samples.tobytes())
+                clips.append(
+                    {
+                        "key": file.key,
+                        "offset": offset,
+                        "length": len(samples),
+                        "label": name.label,
+                        "emotion": name.emotion,
+                        "actor": name.actor,
+                        "gender": name.gender,
+                        "intensity": name.intensity,
+                        "statement": name.statement,
+                        "repetition": name.repetition,
+                    }
+                )
+                offset += len(samples)
+            samples_file.flush()
+            os.fsync(samples_file.fileno())
+        if not clips:
+            raise CorpusError(f"none of the {len(files)} files in {source.description} is a usable RAVDESS clip")
+        report = {"skipped": skipped, "excluded": excluded, "source": source.description, "settings": asdict(settings)}
+        write_json(building / _INDEX_FILE, clips)
+        write_json(building / _REPORT_FILE, report)  # written last: its presence marks a complete entry
+        try:
+            os.replace(building, entry)
+        except OSError:  # another process finished the same entry first; theirs is as good as ours
+            shutil.rmtree(building, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    corpus = _load(entry)
+    if strict:
+        _check_strict(corpus)
+    return corpus
+

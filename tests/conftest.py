@@ -1,0 +1,24 @@
+"""Shared fixtures: small RAVDESS-format corpora, and isolation from the network and from W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .helpers import write_noise_corpus
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    """No test may reach the network, log to a W&B account, or write outside its own directory."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture
+def noise_corpus(tmp_path) -> Path:
+    return write_noise_corpus(tmp_path / "ravdess")
