@@ -1,0 +1,25 @@
+"""Model parts: a speech encoder from transformers, masked pooling, and the classification head."""
+
+from .classifier import HEAD_TYPES, SpeechClassifier, hf_config, hf_state_dict, load_hf_state_dict
+from .encoder import AUDIO_MODEL_TYPES, EncoderError, build_encoder, load_encoder_config, uses_group_norm
+from .pooling import POOLING_TYPES, AttentivePooling, MaxPooling, MeanPooling, Pooling, StatisticsPooling, build_pooling
+
+__all__ = [
+    "AUDIO_MODEL_TYPES",
+    "HEAD_TYPES",
+    "POOLING_TYPES",
+    "AttentivePooling",
+    "EncoderError",
+    "MaxPooling",
+    "MeanPooling",
+    "Pooling",
+    "SpeechClassifier",
+    "StatisticsPooling",
+    "build_encoder",
+    "build_pooling",
+    "hf_config",
+    "hf_state_dict",
+    "load_encoder_config",
+    "load_hf_state_dict",
+    "uses_group_norm",
+]

@@ -1,0 +1,261 @@
+"""A speech encoder with a pooled classification head: waveforms (B, T) -> logits (B, num_labels).
+
+State-dict layout, chosen so that a transformers `<Model>ForSequenceClassification` (the published
+ehcalabres model among them) maps onto it by renaming one prefix:
+
+    encoder.*          <->  <base_model_prefix>.*   (wav2vec2, hubert, wavlm, data2vec_audio, ...)
+    layer_weights      <->  layer_weights           (use_weighted_layer_sum only)
+    projector.*        <->  projector.*             (head "hf")
+    classifier.*       <->  classifier.*            (head "hf")
+
+Head "dense_tanh" (soxan's, behind the model card's numbers) has `dense.*` and `out_proj.*` instead,
+and attentive pooling adds `pooling.*`; neither exists in transformers. The heads are small enough
+to live here as plain attributes, which is what keeps the mapping a rename; `hf_state_dict` and
+`load_hf_state_dict` do that rename, and `hf_config` gives the matching transformers config.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from .encoder import uses_group_norm
+from .pooling import build_pooling
+
+HEAD_TYPES = ("hf", "dense_tanh")
+
+
+class SpeechClassifier(nn.Module):
+    """Encoder, optional weighted sum of its layers, masked pooling and a classification head.
+
+    head "hf": `projector` Linear(D -> projector_dim) on every frame, pooling, dropout, `classifier`
+    Linear -> num_labels; with mean pooling and no dropout this is `Wav2Vec2ForSequenceClassification`.
+    head "dense_tanh": pooling, dropout, `dense` Linear(P -> P), tanh, dropout, `out_proj` Linear(P ->
+    num_labels), P the pooled size. Unlike soxan's original, its mean pooling skips padding.
+
+    Padding: an encoder with a group-norm feature encoder (`uses_group_norm`) encodes each clip at
+    its true length without a mask, so a clip's logits never depend on its batch; other encoders
+    get the attention mask.
+    """
+
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        num_labels: int,
+        pooling: str = "mean",
+        head: str = "hf",
+        projector_dim: int = 256,
+        head_dropout: float = 0.0,
+        use_weighted_layer_sum: bool = False,
+    ):
+        super().__init__()
+        if head not in HEAD_TYPES:
+            raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEAD_TYPES)}")
+        if num_labels < 1:
+            raise ValueError(f"num_labels is {num_labels}: give the number of classes, at least 1")
+        config = encoder.config
+        self.encoder = encoder
+        self.num_labels = num_labels
+        self.head = head
+        self.pooling_name = pooling
+        self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.encode_clips_alone = uses_group_norm(config)
+        hidden_size = config.hidden_size
+
+        if use_weighted_layer_sum:
+            num_layers = config.num_hidden_layers + 1  # the embedding output counts as a layer
+            self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers)
+
+        if head == "hf":
+            self.projector = nn.Linear(hidden_size, projector_dim)
+            self.pooling = build_pooling(pooling, projector_dim)
+            self.dropout = nn.Dropout(head_dropout)
+            self.classifier = nn.Linear(self.pooling.output_dim, num_labels)
+        else:
+            self.projector = None
+            self.pooling = build_pooling(pooling, hidden_size)
+            pooled = self.pooling.output_dim
+            self.dropout = nn.Dropout(head_dropout)
+            self.dense = nn.Linear(pooled, pooled)
+            self.out_proj = nn.Linear(pooled, num_labels)
+
+        # transformers' initialisation, so training from here is training transformers' model
+        std = getattr(config, "initializer_range", 0.02)
+        for module in self._head_modules():
+            for sub in module.modules():
+                if isinstance(sub, nn.Linear):
+                    nn.init.normal_(sub.weight, std=std)
+                    nn.init.zeros_(sub.bias)
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def forward(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, num_labels) for waveforms (B, T), with attention_mask (B, T) 1/True on real samples."""
+        if waveforms.dim() != 2:
+            raise ValueError(f"waveforms have shape {tuple(waveforms.shape)}: give a batch of mono clips, (B, T)")
+        if attention_mask is not None and attention_mask.shape != waveforms.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but waveforms have {tuple(waveforms.shape)}: "
+                "give one flag per sample"
+            )
+        if attention_mask is not None:
+            attention_mask = attention_mask.long()
+            lengths = attention_mask.sum(dim=-1)
+        else:
+            lengths = torch.full(waveforms.shape[:1], waveforms.shape[1], device=waveforms.device)
+        self._check_lengths(lengths)
+
+        if attention_mask is None or not self.encode_clips_alone:
+            pooled = self._pool(waveforms, attention_mask)
+        else:
+            pooled = self._pool_at_true_lengths(waveforms, lengths)
+        return self._classify(pooled)
+
+    def _check_lengths(self, lengths: Tensor) -> None:
+        frames = self.encoder._get_feat_extract_output_lengths(lengths)
+        if (frames < 1).any():
+            i = int(torch.argmin(frames))
+            need = 1
+            for kernel, stride in zip(reversed(self.encoder.config.conv_kernel), reversed(self.encoder.config.conv_stride)):
+                need = (need - 1) * stride + kernel
+            raise ValueError(
+                f"clip {i} has {int(lengths[i])} samples, fewer than the {need} the encoder needs for one frame: "
+                "pad or drop such clips"
+            )
+
+    def _frames(self, waveforms: Tensor, attention_mask: Tensor | None) -> Tensor:
+        outputs = self.encoder(
+            waveforms,
+            attention_mask=attention_mask,
+            output_hidden_states=self.use_weighted_layer_sum,
+            return_dict=True,
+        )
+        if not self.use_weighted_layer_sum:
+            return outputs.last_hidden_state
+        # exactly transformers' weighted sum, so exported weights give the same logits there
+        hidden_states = torch.stack(outputs.hidden_states, dim=1)
+        weights = nn.functional.softmax(self.layer_weights, dim=-1)
+        return (hidden_states * weights.view(-1, 1, 1)).sum(dim=1)
+
+    def _pool(self, waveforms: Tensor, attention_mask: Tensor | None) -> Tensor:
+        frames = self._frames(waveforms, attention_mask)
+        mask = None
+        if attention_mask is not None:
+            mask = self.encoder._get_feature_vector_attention_mask(frames.shape[1], attention_mask)
+        if self.projector is not None:
+            frames = self.projector(frames)
+        return self.pooling(frames, mask)
+
+    def _pool_at_true_lengths(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
+        # Clips of equal length share a pass: with no padding, a batch changes nothing.
+        pooled = None
+        for length in torch.unique(lengths).tolist():
+            rows = (lengths == length).nonzero(as_tuple=True)[0]
+            part = self._pool(waveforms[rows, :length], None)
+            if pooled is None:
+                pooled = part.new_empty(waveforms.shape[0], part.shape[1])
+            pooled = pooled.index_copy(0, rows, part)
+        return pooled
+
+    def _classify(self, pooled: Tensor) -> Tensor:
+        if self.head == "hf":
+            return self.classifier(self.dropout(pooled))
+        hidden = torch.tanh(self.dense(self.dropout(pooled)))
+        return self.out_proj(self.dropout(hidden))
+
+    # --- training controls -----------------------------------------------------------------------
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop training the CNN feature encoder (the usual setting when fine-tuning)."""
+        self._set_feature_encoder_trainable(False)
+
+    def set_encoder_trainable(self, trainable: bool, keep_feature_encoder_frozen: bool = True) -> None:
+        """Train the whole encoder or none of it; the CNN feature encoder stays frozen if asked."""
+        for param in self.encoder.parameters():
+            param.requires_grad = trainable
+        self._set_feature_encoder_trainable(trainable and not keep_feature_encoder_frozen)
+
+    def _set_feature_encoder_trainable(self, trainable: bool) -> None:
+        feature_encoder = self.encoder.feature_extractor
+        for param in feature_encoder.parameters():
+            param.requires_grad = trainable
+        # transformers' own flag: when set, the feature encoder makes its input require grad for checkpointing
+        feature_encoder._requires_grad = trainable
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """All encoder parameters, frozen ones included (so a later unfreeze needs no new optimizer)."""
+        return list(self.encoder.parameters())
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Everything else: layer_weights, projector, pooling and classifier layers."""
+        encoder_ids = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder_ids]
+
+    def _head_modules(self) -> list[nn.Module]:
+        return [m for name, m in self.named_children() if name != "encoder"]
+
+
+# --- transformers interchange ---------------------------------------------------------------------
+
+
+def _check_hf_compatible(classifier: SpeechClassifier) -> None:
+    if classifier.head != "hf" or classifier.pooling_name != "mean":
+        raise ValueError(
+            f"head {classifier.head!r} with {classifier.pooling_name!r} pooling has no transformers counterpart: "
+            "only head 'hf' with mean pooling matches <Model>ForSequenceClassification"
+        )
+
+
+def hf_config(classifier: SpeechClassifier, id2label: Mapping[int, str] | None = None) -> PretrainedConfig:
+    """A config for transformers' `<Model>ForSequenceClassification` with this classifier's layout.
+
+    `AutoModelForAudioClassification.from_config(hf_config(c))` then accepts `hf_state_dict(c)`.
+    """
+    _check_hf_compatible(classifier)
+    config = copy.deepcopy(classifier.encoder.config)
+    config.num_labels = classifier.num_labels
+    if id2label is not None:
+        config.id2label = {int(i): str(label) for i, label in id2label.items()}
+        config.label2id = {label: i for i, label in config.id2label.items()}
+    config.classifier_proj_size = classifier.projector.out_features
+    config.use_weighted_layer_sum = classifier.use_weighted_layer_sum
+    config.architectures = [type(classifier.encoder).__name__.removesuffix("Model") + "ForSequenceClassification"]
+    return config
+
+
+def hf_state_dict(classifier: SpeechClassifier) -> dict[str, Tensor]:
+    """The classifier's weights under transformers' `<Model>ForSequenceClassification` names."""
+    _check_hf_compatible(classifier)
+    prefix = classifier.encoder.base_model_prefix
+    return {
+        (f"{prefix}.{key[len('encoder.'):]}" if key.startswith("encoder.") else key): value
+        for key, value in classifier.state_dict().items()
+    }
+
+
+# Checkpoints saved before torch's parametrized weight norm (the 2021 ones) name the positional
+# convolution's weight norm the old way.
+_OLD_WEIGHT_NORM = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+
+
+def load_hf_state_dict(classifier: SpeechClassifier, state_dict: Mapping[str, Tensor], strict: bool = True):
+    """Load weights of a transformers `<Model>ForSequenceClassification` (or its saved file) in place.
+
+    Returns what `nn.Module.load_state_dict` returns.
+    """
+    _check_hf_compatible(classifier)
+    prefix = classifier.encoder.base_model_prefix + "."
+    own_keys = set(classifier.state_dict())
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith(prefix):
+            key = "encoder." + key[len(prefix):]
+        for old, new in _OLD_WEIGHT_NORM.items():
+            if key.endswith(old) and key not in own_keys:
+                key = key[: -len(old)] + new
+        renamed[key] = value
+    return classifier.load_state_dict(renamed, strict=strict)

@@ -1,0 +1,197 @@
+"""Loading a self-supervised speech encoder (wav2vec 2.0 family) as a bare transformers base model.
+
+Checkpoints saved with a task head (`Wav2Vec2ForCTC`, `...ForSequenceClassification`) load too:
+their head weights are dropped, which transformers reports as UNEXPECTED keys in its load report.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+log = logging.getLogger(__name__)
+
+# Base models that take a raw 16 kHz waveform and share wav2vec 2.0's interface: a CNN
+# `feature_extractor`, `_get_feature_vector_attention_mask`, and a `<Model>ForSequenceClassification`
+# with the same projector + classifier head.
+AUDIO_MODEL_TYPES = (
+    "wav2vec2",
+    "hubert",
+    "wavlm",
+    "data2vec-audio",
+    "wav2vec2-conformer",
+    "unispeech",
+    "unispeech-sat",
+)
+
+_USE_INSTEAD = "use a wav2vec2, HuBERT, WavLM or data2vec-audio checkpoint"
+
+
+class EncoderError(RuntimeError):
+    """An encoder that cannot be loaded; the message is one line saying why and what to do."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or Path(name).expanduser().exists()
+
+
+def _not_found(name: str, err: BaseException) -> EncoderError:
+    path = Path(name).expanduser()
+    if _looks_like_path(name):
+        if not path.exists():
+            return EncoderError(
+                f"encoder directory '{name}' does not exist: set model.encoder to a Hugging Face model name or an existing directory"
+            )
+        if path.is_dir() and not (path / "config.json").is_file():
+            return EncoderError(
+                f"encoder directory '{name}' has no config.json: set model.encoder to a directory written by save_pretrained"
+            )
+        if path.is_dir():
+            return EncoderError(f"could not load encoder '{name}': {_first_line(err)}")
+    return EncoderError(
+        f"encoder '{name}' is not in the Hugging Face cache and could not be downloaded: "
+        "connect once to download it, or set model.encoder to a local directory"
+    )
+
+
+def _check_audio(config: PretrainedConfig, name_or_path: str | None) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type in AUDIO_MODEL_TYPES:
+        return
+    what = f"'{name_or_path}'" if name_or_path else "the encoder config"
+    raise EncoderError(f"{what} is a {model_type} model, not a speech encoder: {_USE_INSTEAD}")
+
+
+def _plain(overrides: Mapping | None) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    try:  # Hydra hands over DictConfig; transformers wants plain lists and dicts
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(overrides):
+            return OmegaConf.to_container(overrides, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(overrides)
+
+
+def load_encoder_config(name_or_path: str | None, overrides: Mapping | None = None) -> PretrainedConfig:
+    """The encoder's config: read from a Hub name or local directory, or built from `overrides` alone.
+
+    With `name_or_path`, `overrides` replace fields of the saved config (e.g. `layerdrop`,
+    `mask_time_prob`). Without it, `overrides` must hold `model_type` and may hold every other field,
+    as `config.to_dict()` gives them.
+    """
+    overrides = _plain(overrides)
+    if name_or_path is None:
+        model_type = overrides.pop("model_type", None)
+        if model_type is None:
+            raise EncoderError(
+                "no encoder given: set model.encoder to a checkpoint, or give model.encoder_config with a model_type"
+            )
+        if model_type not in AUDIO_MODEL_TYPES:
+            raise EncoderError(f"the encoder config is a {model_type} model, not a speech encoder: {_USE_INSTEAD}")
+        try:
+            return AutoConfig.for_model(model_type, **overrides)
+        except (TypeError, ValueError) as err:
+            raise EncoderError(f"invalid encoder config for {model_type}: {_first_line(err)}") from None
+
+    name_or_path = str(name_or_path)
+    wanted_type = overrides.pop("model_type", None)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **overrides)
+    except (OSError, ValueError) as err:  # ValueError: a malformed name, or a config.json transformers cannot read
+        raise _not_found(name_or_path, err) from None
+    _check_audio(config, name_or_path)
+    if wanted_type is not None and wanted_type != config.model_type:
+        raise EncoderError(
+            f"'{name_or_path}' is a {config.model_type} model but the overrides say {wanted_type}: "
+            "drop model_type from model.encoder_config"
+        )
+    return config
+
+
+def uses_group_norm(config: PretrainedConfig) -> bool:
+    """Whether the CNN feature encoder normalises over time (wav2vec2-base style).
+
+    Such encoders see zero padding as signal: a padded clip encodes differently from the clip alone,
+    and an attention mask cannot fix that, so these clips must be encoded at their true length.
+    """
+    return getattr(config, "feat_extract_norm", None) == "group"
+
+
+def _attention_implementation(config: PretrainedConfig, requested: str | None) -> str | None:
+    if requested != "sdpa":
+        return requested
+    model_class = MODEL_MAPPING.get(type(config), None)
+    if model_class is not None and not getattr(model_class, "_supports_sdpa", False):
+        log.info("%s has no SDPA attention; using eager attention", model_class.__name__)
+        return "eager"
+    return requested
+
+
+def build_encoder(
+    config: PretrainedConfig,
+    name_or_path: str | None = None,
+    pretrained: bool = True,
+    attn_implementation: str | None = "sdpa",
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """The base model (e.g. `Wav2Vec2Model`) for `config`, in float32.
+
+    Weights come from `name_or_path` when `pretrained` and a name is given; otherwise the encoder is
+    randomly initialised. Every field of `config` (layerdrop, dropouts, SpecAugment masking) is what
+    the model uses, also when the checkpoint was saved with other values. `config` is not modified.
+    """
+    _check_audio(config, name_or_path)
+    config = copy.deepcopy(config)  # transformers writes the attention implementation into it
+    attn = _attention_implementation(config, attn_implementation)
+    kwargs = {} if attn is None else {"attn_implementation": attn}
+
+    if pretrained and name_or_path:
+        name_or_path = str(name_or_path)
+        try:
+            model, info = AutoModel.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
+        except OSError as err:  # config cached but weights not, or no weights file in the directory
+            raise _not_found(name_or_path, err) from None
+        except RuntimeError as err:  # size mismatches between the checkpoint and the (overridden) config
+            raise EncoderError(
+                f"the weights of '{name_or_path}' do not fit the encoder config ({_first_line(err)}): "
+                "drop model.encoder_config fields that change layer sizes"
+            ) from None
+        # masked_spec_embed exists only when masking is on, so a checkpoint saved without it may lack it
+        missing = sorted(k for k in info["missing_keys"] if k != "masked_spec_embed")
+        if missing:
+            raise EncoderError(
+                f"'{name_or_path}' lacks {len(missing)} encoder weights (e.g. {missing[0]}): "
+                f"it is not a {config.model_type} checkpoint, or set model.pretrained=false to train from scratch"
+            )
+    else:
+        model = AutoModel.from_config(config, **kwargs)
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()  # mixed precision wants float32 master weights, whatever the file held
+    if gradient_checkpointing:
+        _enable_checkpointing(model)
+    return model
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    # Non-reentrant checkpointing back-propagates even when a layer's input needs no gradient
+    # (a frozen feature encoder), which the reentrant kind silently would not.
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
