@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# huggingface_hub reads these once, when it is first imported: set them before any test imports it.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from .helpers import write_noise_corpus
+import pytest  # noqa: E402
+
+from .helpers import write_noise_corpus  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

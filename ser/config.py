@@ -1,0 +1,134 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+``conf/config.yaml`` starts from ``base_config`` (the :class:`Config` schema), so every group option
+is merged into a typed node: a mistyped key or a value of the wrong type fails when the config is
+composed, not an hour into training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/ravdess"  # extracted tree, the official zip, or a folder to download it into
+    cache_dir: str = "~/.cache/ser"
+    download: bool = True
+    strict: bool = False  # true: refuse a corpus with unusable files instead of skipping them
+    synthesize_actors: Optional[int] = None  # make a synthetic RAVDESS-format corpus at root when it is missing
+    split: str = "random"  # random | speaker | fold
+    fold: Optional[int] = None  # 1..6 with split=fold (EmoBox)
+    test_size: float = 0.2  # split=random
+    val_actors: int = 2  # split=speaker|fold
+    test_actors: int = 4  # split=speaker
+    batch_size: int = 4
+    eval_batch_size: Optional[int] = None
+    num_workers: int = 0  # the cache is memory-mapped, so loading a batch is a copy, not a decode
+    max_seconds: Optional[float] = None  # random crop of training clips
+    sample_rate: int = 16_000
+    normalize: bool = True  # zero mean, unit variance per clip, as Wav2Vec2FeatureExtractor
+    bucket_batches: int = 32  # batches per length bucket: larger pads less, smaller shuffles more
+
+
+@dataclass
+class ModelConfig:
+    encoder: Optional[str] = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
+    encoder_config: Optional[Dict[str, Any]] = None  # inline config: a randomly initialised encoder
+    pretrained: bool = True
+    init_from: Optional[str] = None  # a Hugging Face audio-classification model to start from, head included
+    pooling: str = "mean"  # mean | max | attentive | stats
+    head: str = "hf"  # hf (projector + classifier, as Wav2Vec2ForSequenceClassification) | dense_tanh
+    projector_dim: int = 256
+    head_dropout: float = 0.0
+    use_weighted_layer_sum: bool = False
+    freeze_feature_encoder: bool = True
+    freeze_encoder_steps: int = 0
+    gradient_checkpointing: bool = False
+    attn_implementation: Optional[str] = "sdpa"
+    class_weights: Optional[List[float]] = None
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam | adamw
+    lr: float = 1e-4
+    encoder_lr: Optional[float] = None  # defaults to lr
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "linear"  # linear | constant
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Optional[str] = None  # None: 16-mixed on CUDA, 32-true on CPU
+    max_epochs: int = 3
+    max_steps: int = -1
+    accumulate_grad_batches: int = 2
+    gradient_clip_val: Optional[float] = None
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    num_sanity_val_steps: int = 2
+    fast_dev_run: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | csv | none
+    project: str = "ser"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    mode: Optional[str] = None  # online | offline; None: online when a W&B key is configured, else offline
+
+
+@dataclass
+class CallbacksConfig:
+    monitor: str = "val/uar"
+    mode: str = "max"
+    early_stopping_patience: Optional[int] = None  # epochs without improvement; None disables
+    rich_progress: bool = True
+    model_summary_depth: int = 1
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    seed: int = 42
+    run_dir: str = "${hydra:runtime.output_dir}"
+    ckpt_path: Optional[str] = None  # resume from a checkpoint
+    objective: str = "val/uar"  # returned to sweepers
+    test_after_fit: bool = True
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+register_configs()

@@ -1,0 +1,266 @@
+"""``train(cfg)``: compose the pieces from a Hydra config, fit, test, and leave a readable run directory.
+
+A run directory holds ``.hydra/`` (written by Hydra), ``split.csv``, ``checkpoints/best.ckpt`` and
+``checkpoints/last.ckpt``, ``metrics.json``, ``confusion_matrix.png`` and ``curves.png``, so a run can
+be read without W&B.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import config as _schemas  # noqa: F401  (registers the structured config schemas)
+from . import io
+from .data.datamodule import RavdessDataModule
+from .data.ravdess import EMOTIONS
+from .module import SERModule
+from .plots import plot_confusion_matrix, plot_curves
+
+log = logging.getLogger(__name__)
+
+
+def describe_protocol(data: DictConfig) -> str:
+    """Say which evaluation protocol a number comes from; it is stored next to every metric."""
+    if data.split == "random":
+        return f"random stratified {1 - data.test_size:.0%}/{data.test_size:.0%} split (speakers shared between train and test)"
+    if data.split == "fold":
+        return f"EmoBox speaker-independent fold {data.fold} of 6"
+    return f"speaker-independent split ({data.test_actors} test actors, {data.val_actors} validation actors)"
+
+
+def resolve_precision(requested: str | None, accelerator: str) -> str:
+    """``None`` picks 16-bit mixed precision on CUDA (as the recipe's native AMP) and 32-bit elsewhere."""
+    if requested is not None:
+        return str(requested)
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    chosen = "16-mixed" if on_cuda else "32-true"
+    log.info("precision: %s (chosen automatically: %s)", chosen, "CUDA device found" if on_cuda else "no CUDA device")
+    return chosen
+
+
+class History(pl.Callback):
+    """Keeps the loss and accuracy curves in memory for ``curves.png``, whatever the logger.
+
+    Lightning runs callback hooks before the module's own, and refreshes ``callback_metrics`` after
+    both, so each epoch's values are read in the hook that follows: validation's in
+    ``on_validation_end``, training accuracy at the start of the next epoch or the end of fitting.
+    """
+
+    def __init__(self):
+        self.train: list[tuple[int, float]] = []
+        self.val: list[dict] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and trainer.is_global_zero:
+            self.train.append((trainer.global_step, float(loss)))
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            self.val.append({"step": trainer.global_step, **metrics})
+
+    def _record_train_accuracy(self, trainer):
+        accuracy = trainer.callback_metrics.get("train/acc")
+        if accuracy is not None and trainer.is_global_zero:
+            self.val.append({"step": trainer.global_step, "train/acc": float(accuracy)})
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            self._record_train_accuracy(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._record_train_accuracy(trainer)
+
+
+def build_logger(cfg: DictConfig, run_dir: Path):
+    """W&B (offline unless an account is configured), CSV, or none."""
+    name = cfg.logger.name
+    if name == "none":
+        return False
+    if name == "csv":
+        return pl.loggers.CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    if name != "wandb":
+        raise ValueError(f"logger={name} is unknown; choose wandb, csv or none")
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE") or cfg.logger.mode or ("online" if wandb_key_configured() else "offline")
+    if mode != "online":
+        log.info("W&B logs offline into %s/wandb; upload later with `wandb sync`", run_dir)
+    # mode goes to wandb.init for this run only: WandbLogger(offline=True) would set WANDB_MODE for the
+    # whole process and leak into later jobs of a multirun.
+    return pl.loggers.WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        tags=list(cfg.logger.tags),
+        save_dir=str(run_dir),
+        mode=mode,
+        settings=wandb.Settings(init_timeout=60, silent=True),
+    )
+
+
+def wandb_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, history: History) -> list[pl.Callback]:
+    callbacks = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="best",
+            monitor=cfg.callbacks.monitor,
+            mode=cfg.callbacks.mode,
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
+        pl.callbacks.LearningRateMonitor(logging_interval="step"),
+        pl.callbacks.ModelSummary(max_depth=cfg.callbacks.model_summary_depth),
+        history,
+    ]
+    if cfg.callbacks.rich_progress and cfg.trainer.enable_progress_bar:
+        callbacks.append(pl.callbacks.RichProgressBar())
+    if cfg.callbacks.early_stopping_patience is not None:
+        callbacks.append(
+            pl.callbacks.EarlyStopping(cfg.callbacks.monitor, mode=cfg.callbacks.mode, patience=cfg.callbacks.early_stopping_patience)
+        )
+    return callbacks
+
+
+def build_module(cfg: DictConfig) -> SERModule:
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    init_from = model.pop("init_from")
+    module = SERModule(
+        **model,
+        labels=list(EMOTIONS),
+        optimizer=optimizer.pop("name"),
+        **optimizer,
+        scheduler=scheduler.pop("name"),
+        **scheduler,
+        sample_rate=cfg.data.sample_rate,
+        normalize=cfg.data.normalize,
+    )
+    if init_from:
+        from .hub import init_from_pretrained
+
+        init_from_pretrained(module, init_from)
+    return module
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
+    data = cfg.data
+    if data.synthesize_actors:
+        from .data.synth import synthesize_corpus
+
+        synthesize_corpus(data.root, actors=data.synthesize_actors, seed=0)
+    return RavdessDataModule(
+        root=data.root,
+        cache_dir=data.cache_dir,
+        split=data.split,
+        fold=data.fold,
+        seed=cfg.seed,
+        test_size=data.test_size,
+        val_actors=data.val_actors,
+        test_actors=data.test_actors,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        num_workers=data.num_workers,
+        max_seconds=data.max_seconds,
+        sample_rate=data.sample_rate,
+        normalize=data.normalize,
+        strict=data.strict,
+        download=data.download,
+        bucket_batches=data.bucket_batches,
+        manifest_path=str(run_dir / "split.csv"),
+    )
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Trainer:
+    options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    options["precision"] = resolve_precision(options["precision"], options["accelerator"])
+    options = {k: v for k, v in options.items() if v is not None}
+    return pl.Trainer(
+        **options,
+        default_root_dir=str(run_dir),
+        logger=logger,
+        callbacks=callbacks,
+        use_distributed_sampler=False,  # the length-bucketed sampler shares batches out by rank itself
+    )
+
+
+def _scalar(value) -> float:
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, test the best checkpoint, write the run directory; returns the metrics (``objective`` included)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    log.info("run directory: %s", run_dir)
+
+    module = build_module(cfg)
+    datamodule = build_datamodule(cfg, run_dir)
+    history = History()
+    logger = build_logger(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history))
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        checkpoint = trainer.checkpoint_callback
+        metrics = {"protocol": describe_protocol(cfg.data)}
+        best_score = checkpoint.best_model_score
+        if best_score is not None and math.isfinite(_scalar(best_score)):
+            metrics[f"best/{cfg.callbacks.monitor}"] = _scalar(best_score)
+        metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        if cfg.test_after_fit and not cfg.trainer.fast_dev_run:
+            best_path = checkpoint.best_model_path or None
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False)
+            metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+            metrics["checkpoint"] = best_path
+        elif cfg.test_after_fit:
+            trainer.test(module, datamodule=datamodule)
+            metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        objective_key = cfg.objective if cfg.objective in metrics else f"best/{cfg.objective}"
+        metrics["objective"] = metrics.get(objective_key, metrics.get(cfg.objective, float("nan")))
+
+        if trainer.is_global_zero:
+            write_run_artifacts(run_dir, metrics, module, history, logger)
+        return metrics
+    finally:
+        if logger and isinstance(logger, pl.loggers.WandbLogger):
+            import wandb
+
+            # Lightning's WandbLogger never finishes its run: each multirun job must, or the next
+            # job's metrics land in this job's run.
+            wandb.finish()
+
+
+def write_run_artifacts(run_dir: Path, metrics: dict, module: SERModule, history: History, logger) -> None:
+    io.write_json(run_dir / "metrics.json", metrics)
+    confusion = getattr(module, "test_confusion", None)
+    if confusion is not None:
+        figure = plot_confusion_matrix(confusion, module.hparams.labels, title=metrics["protocol"])
+        io.save_figure(figure, run_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight")
+        if isinstance(logger, pl.loggers.WandbLogger):
+            logger.log_image("test/confusion_matrix", [str(run_dir / "confusion_matrix.png")])
+    figure = plot_curves(history.train, history.val)
+    io.save_figure(figure, run_dir / "curves.png", dpi=120, bbox_inches="tight")
+    if isinstance(logger, pl.loggers.WandbLogger):
+        logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, float)})
+    log.info("metrics: %s", {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
