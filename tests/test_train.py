@@ -1,0 +1,236 @@
+"""Training end to end: config composition, train(cfg), the run directory, W&B offline, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from ser.cli import CONF_DIR
+from ser.module import SERModule
+from ser.train import build_datamodule, build_logger, build_module, train
+
+from .helpers import write_noise_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ENCODER = {
+    "model_type": "wav2vec2",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [32, 32, 32],
+    "conv_kernel": [10, 3, 3],
+    "conv_stride": [5, 2, 2],
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+}
+
+
+def compose_config(overrides: list[str]):
+    import ser.config  # noqa: F401  registers the schemas
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+
+
+@pytest.fixture
+def tiny_overrides(corpus_dir, tmp_path) -> list[str]:
+    """The demo experiment shrunk to seconds: tiny encoder, noise corpus, CSV logger, tmp_path everywhere."""
+    return [
+        "experiment=demo",
+        f"data.root={corpus_dir}",
+        "data.synthesize_actors=null",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.split=speaker",
+        "data.val_actors=2",
+        "data.test_actors=2",
+        "data.batch_size=8",
+        "data.max_seconds=0.5",
+        # a Hydra dict literal: JSON without quotes
+        "model.encoder_config=" + json.dumps(TINY_ENCODER, separators=(",", ":")).replace('"', ""),
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    return compose_config(tiny_overrides)
+
+
+# --- composition ---------------------------------------------------------------------------------
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_default_config_is_the_model_cards_recipe():
+    cfg = compose_config([])
+    assert cfg.model.encoder == "jonatasgrosman/wav2vec2-large-xlsr-53-english"
+    assert (cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, cfg.optimizer.lr) == (4, 2, 1e-4)
+    assert (cfg.optimizer.name, list(cfg.optimizer.betas), cfg.optimizer.eps) == ("adam", [0.9, 0.999], 1e-8)
+    assert (cfg.scheduler.name, cfg.trainer.max_epochs, cfg.seed, cfg.data.split) == ("linear", 3, 42, "random")
+    assert cfg.model.head == "hf" and cfg.model.pooling == "mean" and cfg.model.freeze_feature_encoder
+    assert cfg.logger.name == "wandb"
+
+
+def test_a_mistyped_key_or_wrong_type_fails_at_composition():
+    with pytest.raises(Exception, match="optimizer.lrr|lrr"):
+        compose_config(["optimizer.lrr=1e-4"])
+    with pytest.raises(Exception, match="batch_size"):
+        compose_config(["data.batch_size=four"])
+
+
+@pytest.fixture(scope="session")
+def local_encoder(tmp_path_factory) -> str:
+    """A CTC checkpoint saved like jonatasgrosman/wav2vec2-large-xlsr-53-english, in miniature."""
+    path = tmp_path_factory.mktemp("encoder") / "wav2vec2-ctc"
+    config = Wav2Vec2Config(**{k: v for k, v in TINY_ENCODER.items() if k != "model_type"}, vocab_size=12)
+    Wav2Vec2ForCTC(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("group", ["model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "data", "experiment"])
+def test_every_option_of_every_group_composes_and_instantiates(group, local_encoder, corpus_dir, tmp_path):
+    for option in _options(group):
+        overrides = [f"{group}={option}", f"run_dir={tmp_path / option}", f"data.root={corpus_dir}", "data.synthesize_actors=null"]
+        if group != "model" or option != "tiny":
+            overrides.append(f"model.encoder={local_encoder}")  # the Hub is out of reach: a local stand-in
+        cfg = compose_config(overrides)
+        if cfg.model.encoder_config is None:
+            module = build_module(cfg)
+            assert isinstance(module, SERModule)
+        else:
+            with open_dict(cfg):
+                cfg.model.encoder = None
+            assert isinstance(build_module(cfg), SERModule)
+        datamodule = build_datamodule(cfg, tmp_path / option)
+        assert datamodule.batch_size == cfg.data.batch_size
+        logger = build_logger(cfg, tmp_path / option)
+        if cfg.logger.name == "wandb":
+            assert logger._wandb_init["mode"] == "offline"  # WANDB_MODE=offline from conftest
+        else:
+            assert (logger is False) == (cfg.logger.name == "none")
+
+
+def test_model_overrides_reach_the_module(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.model.pooling = "attentive"
+        tiny_cfg.model.head = "dense_tanh"
+        tiny_cfg.optimizer.lr = 3e-4
+    module = build_module(tiny_cfg)
+    assert module.hparams.pooling == "attentive" and module.hparams.head == "dense_tanh" and module.hparams.lr == 3e-4
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run_directory(tiny_cfg, tmp_path):
+    metrics = train(tiny_cfg)
+    run = Path(tiny_cfg.run_dir)
+    for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "confusion_matrix.png", "curves.png", "split.csv"):
+        assert (run / name).is_file(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("test/acc", "test/uar", "test/f1", "test/recall/angry", "test/f1/surprised", "protocol", "objective"):
+        assert key in saved
+    assert saved["protocol"].startswith("speaker-independent")
+    assert metrics["objective"] == pytest.approx(saved["best/val/uar"])
+
+    # the checkpoint needs neither Hydra nor the encoder's source
+    module = SERModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", map_location="cpu").eval()
+    waveforms = torch.randn(2, 8000)
+    with torch.no_grad():
+        assert module(waveforms).shape == (2, 8)
+
+
+@pytest.mark.slow
+def test_bf16_on_cpu_trains(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.precision = "bf16-mixed"
+        tiny_cfg.test_after_fit = False
+    metrics = train(tiny_cfg)
+    assert "val/loss" in metrics and metrics["val/loss"] == metrics["val/loss"]  # finite, not NaN
+
+
+@pytest.mark.slow
+def test_fast_dev_run(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.trainer.fast_dev_run = True
+    metrics = train(tiny_cfg)
+    assert "test/acc" in metrics
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def _run_train(args: list[str], tmp_path: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env_extra or {})}
+    env = {k: v for k, v in env.items() if v is not None and k != "WANDB_API_KEY"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_multirun_with_wandb_offline_leaves_one_run_per_job(tiny_overrides, tmp_path):
+    overrides = [o for o in tiny_overrides if not o.startswith(("logger=", "run_dir="))]
+    sweep = tmp_path / "sweep"
+    result = _run_train(
+        ["-m", *overrides, "logger=wandb", "optimizer.lr=1e-4,3e-4", "test_after_fit=false", f"hydra.sweep.dir={sweep}",
+         "run_dir=${hydra:runtime.output_dir}"],
+        tmp_path,
+        {"WANDB_MODE": None},  # the config's own choice (offline without a key) must hold, not the environment's
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2, result.stderr[-2000:]
+    assert {r.parent.parent.name for r in runs} == {"0", "1"}
+    assert runs[0].name.rsplit("-", 1)[1] != runs[1].name.rsplit("-", 1)[1]  # two W&B runs, not one resumed
+
+
+def test_missing_encoder_fails_in_one_clear_line(tmp_path):
+    result = _run_train(["model.encoder=nobody/no-such-encoder", f"data.root={tmp_path}/none", "data.download=false",
+                         f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "nobody/no-such-encoder" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_corpus_fails_in_one_clear_line(tmp_path, local_encoder):
+    result = _run_train([f"model.encoder={local_encoder}", f"data.root={tmp_path}/none", "data.download=false",
+                         f"hydra.run.dir={tmp_path}/run", "logger=none"], tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and f"{tmp_path}/none" in last and "Audio_Speech_Actors_01-24.zip" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_out_of_range_fold_fails_in_one_clear_line(tmp_path, local_encoder, corpus_dir):
+    result = _run_train([f"model.encoder={local_encoder}", f"data.root={corpus_dir}", "data.split=fold", "data.fold=7",
+                         f"data.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", "logger=none"], tmp_path)
+    assert result.returncode == 1
+    assert "folds 1 to 6" in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
