@@ -215,10 +215,9 @@ def test_an_interrupted_preparation_leaves_no_valid_cache(noise_corpus, tmp_path
     assert len(prepare(noise_corpus, tmp_path / "cache", progress=False).clips) == 240
 
 
-def test_parallel_preparation_matches_serial(noise_corpus, tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare_module, "PARALLEL_MIN_CLIPS", 0)
+def test_parallel_preparation_matches_serial(noise_corpus, tmp_path):
     serial = prepare(noise_corpus, tmp_path / "serial", workers=1, progress=False)
-    parallel = prepare(noise_corpus, tmp_path / "parallel", workers=2, progress=False)
+    parallel = prepare(noise_corpus, tmp_path / "parallel", workers=4, progress=False)
     assert serial.clips == parallel.clips
     np.testing.assert_array_equal(np.asarray(serial.samples), np.asarray(parallel.samples))
 

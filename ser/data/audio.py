@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
 
 SAMPLE_RATE = 16_000  # every wav2vec 2.0 / HuBERT / WavLM checkpoint was pretrained at 16 kHz
 
@@ -76,6 +74,9 @@ def to_model_input(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPL
     """
     mono = audio.mean(axis=1) if audio.ndim == 2 else audio
     if sample_rate != target_rate:
+        import torch  # imported here so that a warm cache never pays for importing torch
+        import torchaudio.functional as AF
+
         mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate, target_rate).numpy()
     mono = mono.astype(np.float32, copy=False)
     if normalize:

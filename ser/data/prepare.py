@@ -18,10 +18,9 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,6 @@ CACHE_VERSION = 1
 _AUDIO_FILE = "audio.f32"
 _INDEX_FILE = "clips.json"
 _REPORT_FILE = "report.json"
-# Starting a worker process costs about 3 s (it imports torch), as much as decoding ~150 clips: below
-# this many clips one process is faster.
-PARALLEL_MIN_CLIPS = 256
 
 
 @dataclass(frozen=True)
@@ -147,21 +143,21 @@ def _sort_out(files: list[SourceFile], settings: PrepareSettings) -> tuple[list[
 
 
 def _run_parallel(tasks: list, workers: int, progress: bool, description: str):
-    """Yield ``_process`` results in task order, over worker processes when there is enough work."""
+    """Yield ``_process`` results in task order, from a pool of threads.
+
+    Threads, not processes: decoding (libsndfile) and resampling (torch) release the GIL, and on 2
+    cores 4 threads prepare the 1440 synthetic clips in 5.3 s against 6.9 s in one thread, while a
+    spawn-based process pool took 25 s (each worker imports torch, and the workers' intra-op threads
+    fight over the cores). Threads also work from notebooks and ``python -`` where spawn cannot.
+    """
     from rich.progress import track
 
-    parallel = workers > 1 and len(tasks) >= PARALLEL_MIN_CLIPS
-    if not parallel:
-        results = map(_process, tasks)
-    else:
-        # spawn, not fork: forking a process that has already run torch's thread pools can deadlock.
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        results = pool.map(_process, tasks, chunksize=8)
+    pool = ThreadPoolExecutor(max_workers=workers)
     try:
+        results = pool.map(_process, tasks)
         yield from track(results, total=len(tasks), description=description, disable=not progress, transient=False)
     finally:
-        if parallel:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # on an interrupt, start no further clips
 
 
 def _load(entry: Path) -> PreparedCorpus:
@@ -211,7 +207,7 @@ def prepare(
     try:
         clips, offset, digests = [], 0, {}
         tasks = [(source, file, settings) for file, _ in keep]
-        workers = workers or os.cpu_count() or 1
+        workers = workers or 2 * (os.cpu_count() or 1)
         with open(building / _AUDIO_FILE, "wb") as samples_file:
             results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} clips")
             for (file, name), (samples, reason, digest) in zip(keep, results):
