@@ -31,6 +31,7 @@ class DataConfig:
     max_seconds: Optional[float] = None  # random crop of training clips
     sample_rate: int = 16_000
     normalize: bool = True  # zero mean, unit variance per clip, as Wav2Vec2FeatureExtractor
+    trim_db: Optional[float] = None  # e.g. -40: cut the silence around the speech (RAVDESS has ~1 s of it)
     bucket_batches: int = 32  # batches per length bucket: larger pads less, smaller shuffles more
 
 

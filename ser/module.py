@@ -49,8 +49,8 @@ class SERModule(pl.LightningModule):
     Training: ``freeze_feature_encoder`` keeps the CNN feature encoder frozen throughout;
     ``freeze_encoder_steps`` trains the head alone for that many optimizer steps first.
     ``encoder_lr`` (default ``lr``) is the encoder's learning rate, ``lr`` the head's.
-    ``labels``, ``sample_rate`` and ``normalize`` describe the inputs and outputs, so that prediction
-    and export code can read them from a checkpoint and preprocess exactly as in training.
+    ``labels``, ``sample_rate``, ``normalize`` and ``trim_db`` describe the inputs and outputs, so that
+    prediction and export code can read them from a checkpoint and preprocess exactly as in training.
     """
 
     def __init__(
@@ -81,6 +81,7 @@ class SERModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         sample_rate: int = 16000,
         normalize: bool = True,
+        trim_db: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()

@@ -143,6 +143,10 @@ def build_module(cfg: DictConfig) -> SERModule:
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
     init_from = model.pop("init_from")
+    if init_from:
+        from .hub import architecture_of
+
+        model.update(architecture_of(init_from, model))  # the published checkpoint decides the architecture
     module = SERModule(
         **model,
         labels=list(EMOTIONS),
@@ -152,6 +156,7 @@ def build_module(cfg: DictConfig) -> SERModule:
         **scheduler,
         sample_rate=cfg.data.sample_rate,
         normalize=cfg.data.normalize,
+        trim_db=cfg.data.trim_db,
     )
     if init_from:
         from .hub import init_from_pretrained
@@ -181,6 +186,7 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
         max_seconds=data.max_seconds,
         sample_rate=data.sample_rate,
         normalize=data.normalize,
+        trim_db=data.trim_db,
         strict=data.strict,
         download=data.download,
         bucket_batches=data.bucket_batches,

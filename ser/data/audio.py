@@ -63,8 +63,32 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     return audio, sample_rate
 
 
-def to_model_input(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE, normalize: bool = True) -> np.ndarray:
-    """Mix ``(T, C)`` audio to mono, resample to ``target_rate`` and optionally normalise.
+def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0, margin_seconds: float = 0.1) -> np.ndarray:
+    """Cut leading and trailing silence from ``(T,)`` audio, keeping ``margin_seconds`` around the speech.
+
+    Silence is every 20 ms frame whose energy is ``threshold_db`` or more below the loudest frame's.
+    RAVDESS clips carry about a second of it around the speech, which costs compute and teaches nothing.
+    """
+    frame = max(1, int(0.02 * sample_rate))
+    usable = len(samples) // frame * frame
+    if usable == 0:
+        return samples
+    energy = np.square(samples[:usable].reshape(-1, frame)).mean(axis=1)
+    loud = np.flatnonzero(10 * np.log10(energy + 1e-12) >= 10 * np.log10(energy.max() + 1e-12) + threshold_db)
+    margin = int(margin_seconds * sample_rate)
+    start = max(0, loud[0] * frame - margin)
+    end = min(len(samples), (loud[-1] + 1) * frame + margin)
+    return samples[start:end]
+
+
+def to_model_input(
+    audio: np.ndarray,
+    sample_rate: int,
+    target_rate: int = SAMPLE_RATE,
+    normalize: bool = True,
+    trim_db: float | None = None,
+) -> np.ndarray:
+    """Mix ``(T, C)`` audio to mono, resample to ``target_rate``, optionally trim silence and normalise.
 
     Normalisation is zero mean and unit variance per clip, exactly as
     ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does for the published checkpoints.
@@ -79,12 +103,14 @@ def to_model_input(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPL
 
         mono = AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate, target_rate).numpy()
     mono = mono.astype(np.float32, copy=False)
+    if trim_db is not None:
+        mono = trim_silence(mono, target_rate, threshold_db=trim_db)
     if normalize:
         mono = (mono - mono.mean()) / np.sqrt(mono.var() + 1e-7)
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def load(path: str | Path, target_rate: int = SAMPLE_RATE, normalize: bool = True) -> np.ndarray:
+def load(path: str | Path, target_rate: int = SAMPLE_RATE, normalize: bool = True, trim_db: float | None = None) -> np.ndarray:
     """Read any file ``soundfile`` understands as model input ``(T,)`` (see :func:`to_model_input`)."""
     audio, sample_rate = decode(Path(path).read_bytes())
-    return to_model_input(audio, sample_rate, target_rate, normalize)
+    return to_model_input(audio, sample_rate, target_rate, normalize, trim_db)

@@ -37,6 +37,7 @@ class RavdessDataModule(pl.LightningDataModule):
         max_seconds: float | None = None,
         sample_rate: int = 16_000,
         normalize: bool = True,
+        trim_db: float | None = None,
         strict: bool = False,
         download: bool = True,
         bucket_batches: int = 32,
@@ -54,7 +55,7 @@ class RavdessDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.max_samples = int(max_seconds * sample_rate) if max_seconds else None
-        self.settings = PrepareSettings(sample_rate=sample_rate, normalize=normalize)
+        self.settings = PrepareSettings(sample_rate=sample_rate, normalize=normalize, trim_db=trim_db)
         self.strict = strict
         self.download = download
         self.bucket_batches = bucket_batches

@@ -44,6 +44,7 @@ class PrepareSettings:
     normalize: bool = True
     modality: int = 3  # audio-only
     vocal_channel: int = 1  # speech
+    trim_db: float | None = None  # cut leading/trailing audio this many dB below the loudest 20 ms
 
 
 @dataclass
@@ -115,7 +116,7 @@ def _process(task: tuple[DirectorySource | ArchiveSource, SourceFile, PrepareSet
         samples, rate = audio.decode(data)
     except audio.AudioError as error:
         return None, str(error), digest
-    return audio.to_model_input(samples, rate, settings.sample_rate, settings.normalize), None, digest
+    return audio.to_model_input(samples, rate, settings.sample_rate, settings.normalize, settings.trim_db), None, digest
 
 
 def _sort_out(files: list[SourceFile], settings: PrepareSettings) -> tuple[list[tuple[SourceFile, object]], list[dict], int]:
