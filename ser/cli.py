@@ -2,6 +2,9 @@
 
     ser synth OUT [--actors N] [--seed S]     write a synthetic RAVDESS-format corpus
     ser prepare data.root=PATH [data.*=...]   preprocess a corpus into the cache and summarise it
+    ser predict MODEL PATH... [--json]        emotions of audio files (MODEL: .ckpt, .onnx, Hugging Face model)
+    ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
+    ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data.corpus import CorpusError
     from .data.download import DownloadError
     from .data.splits import SplitError
+    from .export import ExportError
     from .models.encoder import EncoderError
+    from .predict import PredictError
 
-    return (CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError)
+    return (CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError)
 
 
 @contextlib.contextmanager
@@ -66,7 +71,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         from .data.synth import synthesize_corpus
 
         synthesize_corpus(cfg.root, actors=cfg.synthesize_actors, seed=0, progress=not args.quiet)
-    settings = PrepareSettings(sample_rate=cfg.sample_rate, normalize=cfg.normalize)
+    settings = PrepareSettings(sample_rate=cfg.sample_rate, normalize=cfg.normalize, trim_db=cfg.trim_db)
     corpus = prepare(cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet)
     summary = corpus.summary()
 
@@ -92,6 +97,77 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     console.print(f"cache: {summary['cache']}")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .predict import load_model, predict
+
+    model = load_model(args.model, device=args.device)
+    predictions = predict(
+        model, args.paths, window_seconds=args.window, hop_seconds=args.hop, batch_size=args.batch_size, progress=not args.quiet
+    )
+    if args.json:
+        for prediction in predictions:
+            print(json.dumps(prediction.to_dict()), flush=True)
+    else:
+        table = Table(title=f"{model.name}: {len(predictions)} file(s)")
+        table.add_column("file", overflow="fold")  # whole paths, wrapped rather than cut
+        for column in ("emotion", "probability", "windows"):
+            table.add_column(column)
+        for p in predictions:
+            if p.error is None:
+                table.add_row(p.path, p.label, f"{p.probability:.3f}", str(len(p.windows)))
+            else:
+                table.add_row(p.path, "[red]failed[/]", "", "")
+        Console().print(table)
+    failed = [p for p in predictions if p.error is not None]
+    for p in failed:
+        print(f"error: {p.path}: {p.error}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.model, args.overrides, out_dir=args.out, stage=args.stage, batch_size=args.batch_size, progress=not args.quiet)
+    stage = metrics["stage"]
+    console = Console()
+    console.print(f"[bold]{metrics['model']}[/] on {metrics['clips']} {stage} clips, {metrics['protocol']}")
+    console.print(
+        f"WA (accuracy) {metrics[f'{stage}/acc']:.4f}   UA (macro recall) {metrics[f'{stage}/uar']:.4f}   "
+        f"macro F1 {metrics[f'{stage}/f1']:.4f}"
+    )
+    table = Table("emotion", "clips", "recall", "F1", title="per class")
+    for label in metrics["labels"]:
+        if metrics["support"][label]:
+            table.add_row(label, str(metrics["support"][label]), f"{metrics[f'{stage}/recall/{label}']:.3f}", f"{metrics[f'{stage}/f1/{label}']:.3f}")
+    console.print(table)
+    console.print(f"metrics.json, confusion_matrix.png, per_class.png and predictions.csv in {metrics['out_dir']}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_hf, export_onnx
+
+    if args.format == "onnx":
+        out = export_onnx(args.checkpoint, args.out)
+        print(f"ONNX model written to {out}")
+        print(f"  score files:   ser predict {out} clip.wav")
+        print(f"  in Python:     from ser.export import OnnxClassifier; OnnxClassifier('{out}')(waveforms, attention_mask)")
+    else:
+        out = export_hf(args.checkpoint, args.out)
+        print(f"Hugging Face model (weights, config, feature extractor) written to {out}")
+        print(f"  score files:   ser predict {out} clip.wav")
+        print(f"  evaluate:      ser evaluate {out} data.root=PATH")
+        print(f"  transformers:  pipeline('audio-classification', model='{out}')({{'raw': waveform, 'sampling_rate': 16000}})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition on RAVDESS.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -106,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     prep = commands.add_parser("prepare", help="decode, resample and cache a corpus; print its summary")
     prep.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH data.strict=true")
     prep.set_defaults(run=cmd_prepare)
+
+    pred = commands.add_parser(
+        "predict",
+        help="emotions of audio files",
+        description="Predict the emotion of audio files. Exit status 1 if any file could not be scored.",
+    )
+    pred.add_argument("model", help="a .ckpt checkpoint, an .onnx file, or a Hugging Face model (directory or Hub name)")
+    pred.add_argument("paths", nargs="+", metavar="PATH", help="audio files, directories (searched recursively) or globs")
+    pred.add_argument("--json", action="store_true", help="one JSON object per file and line, with every probability and per-window scores")
+    pred.add_argument("--window", type=float, default=10.0, metavar="SECONDS", help="longer clips are scored in windows this long (default 10)")
+    pred.add_argument("--hop", type=float, default=5.0, metavar="SECONDS", help="seconds between window starts (default 5)")
+    pred.add_argument("--batch-size", type=int, default=8, metavar="N", help="clips or windows per forward pass (default 8)")
+    pred.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
+    pred.set_defaults(run=cmd_predict)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="WA / UA / F1 of a model on a split of the corpus",
+        description="Evaluate a model on the clips of a split made from the project config (data.*, seed).",
+    )
+    ev.add_argument("model", help="a .ckpt checkpoint, an .onnx file, or a Hugging Face model (directory or Hub name)")
+    ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH data.split=fold data.fold=1")
+    ev.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default evaluations/<model>-<split>)")
+    ev.add_argument("--stage", choices=("test", "val", "train"), default="test", help="which part of the split (default test)")
+    ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="clips per forward pass (default data.eval_batch_size or data.batch_size)")
+    ev.set_defaults(run=cmd_evaluate)
+
+    exp = commands.add_parser("export", help="a checkpoint as a Hugging Face model directory or an ONNX file")
+    exp.add_argument("checkpoint", type=Path, help="a .ckpt checkpoint of this project")
+    exp.add_argument("out", type=Path, help="output directory (hf) or .onnx file (onnx)")
+    exp.add_argument("--format", choices=("hf", "onnx"), default="hf", help="hf: save_pretrained directory for transformers (default); onnx: one ONNX file")
+    exp.set_defaults(run=cmd_export)
     return parser
 
 

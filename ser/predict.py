@@ -1,0 +1,519 @@
+"""Emotions of audio files from a trained model: the Python side of ``ser predict``.
+
+    from ser import load_model, predict
+
+    model = load_model("outputs/.../checkpoints/best.ckpt")   # or model.onnx, or a Hugging Face model
+    for p in predict(model, ["clips/", "more/*.flac", "one.wav"]):
+        print(p.path, p.label, p.probability) if p.error is None else print(p.path, p.error)
+
+A model is wrapped in a :class:`Scorer`, which says what its inputs must be (``sample_rate``,
+``normalize``, ``trim_db``), what its outputs mean (``labels``) and whether it takes an attention mask. Files are
+decoded, mixed to mono, resampled, trimmed of silence and normalised exactly as the training cache does
+(:mod:`ser.data.audio`), so a clip gets the scores it would get in evaluation.
+
+Clips longer than a window are scored in overlapping windows whose probabilities are averaged; the
+windows are cut from the clip after it is normalised as a whole, as training crops were cut from
+normalised clips.
+
+Batching never changes a clip's scores: items are grouped by length so that little padding is
+needed, padding is masked, and a model that cannot be given a mask (an encoder with a group-norm
+feature encoder: it sees zero padding as signal) is only given batches of equal-length items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data import audio
+
+# What soundfile (libsndfile >= 1.1) reads; directories and globs are searched for these.
+AUDIO_SUFFIXES = (
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64", ".rf64",
+)
+# Files decoded and scored at a time: bounds memory on large directories, and is still enough
+# clips for batches of similar lengths.
+FILES_PER_CHUNK = 256
+
+
+class PredictError(ValueError):
+    """A model or an option that prediction cannot use; the message is one line saying what to do."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _min_samples(config: Any) -> int:
+    """Samples the CNN feature encoder needs for one frame (its receptive field); 1 if unknown."""
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if not kernels or not strides:
+        return 1
+    need = 1
+    for kernel, stride in zip(reversed(list(kernels)), reversed(list(strides))):
+        need = (need - 1) * stride + kernel
+    return need
+
+
+def _find_config(model: Any) -> Any:
+    """The transformers config of the encoder inside a model of any of the supported kinds, or None."""
+    for path in (("model", "encoder", "config"), ("encoder", "config"), ("config",), ("model", "config")):
+        obj = model
+        for name in path:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if obj is not None and hasattr(obj, "conv_kernel"):
+            return obj
+    return None
+
+
+class Scorer:
+    """A model to score waveforms with, and what its inputs and outputs are.
+
+    ``logits(waveforms (B, T) float32, attention_mask (B, T) bool | None) -> (B, C)`` float32 on the
+    CPU, C = ``len(labels)``; waveforms are at ``sample_rate``, cut of leading and trailing silence
+    when ``trim_db`` is set (as in training, see :func:`ser.data.audio.trim_silence`) and, when
+    ``normalize``, zero mean and unit variance per clip. With ``uses_attention_mask`` False the model must only get batches of
+    equal-length clips (padding would change its results), and gets no mask.
+
+    ``model`` is what was wrapped (a ``SERModule``, an ``HFClassifier``, an ``OnnxClassifier``);
+    ``min_samples`` is the shortest clip it can score.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        labels: Sequence[str],
+        sample_rate: int,
+        normalize: bool,
+        uses_attention_mask: bool,
+        forward: Callable[[Tensor, Tensor | None], Any] | None = None,
+        name: str = "model",
+        min_samples: int | None = None,
+        trim_db: float | None = None,
+    ):
+        self.model = model
+        self.labels = [str(label) for label in labels]
+        self.sample_rate = int(sample_rate)
+        self.normalize = bool(normalize)
+        self.uses_attention_mask = bool(uses_attention_mask)
+        self.trim_db = None if trim_db is None else float(trim_db)
+        self.name = name
+        self._forward = forward if forward is not None else model
+        self.min_samples = min_samples if min_samples is not None else _min_samples(_find_config(model))
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the device of the model's parameters (CPU for ONNX)."""
+        if isinstance(self.model, nn.Module):
+            for param in self.model.parameters():
+                return param.device
+        return torch.device("cpu")
+
+    def logits(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, C) float32 on the CPU for waveforms (B, T), attention_mask (B, T) bool or None."""
+        device = self.device
+        if isinstance(self.model, nn.Module):
+            waveforms = waveforms.to(device)
+            attention_mask = None if attention_mask is None else attention_mask.to(device)
+        logits = self._forward(waveforms, attention_mask)
+        logits = logits if isinstance(logits, Tensor) else torch.as_tensor(np.asarray(logits))
+        return logits.detach().float().cpu()
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode and ``torch.inference_mode`` for the duration; the module's mode is restored after."""
+        training = isinstance(self.model, nn.Module) and self.model.training
+        if training:
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            if training:
+                self.model.train()
+
+    def __repr__(self) -> str:
+        return (
+            f"Scorer({self.name!r}, {len(self.labels)} labels, {self.sample_rate} Hz, normalize={self.normalize}, "
+            f"trim_db={self.trim_db}, uses_attention_mask={self.uses_attention_mask})"
+        )
+
+
+def as_scorer(model: Any, name: str | None = None) -> Scorer:
+    """Wrap a ``SERModule``, ``HFClassifier`` or ``OnnxClassifier`` (or load a path/name, see :func:`load_model`)."""
+    if isinstance(model, Scorer):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model(model)
+    hparams = getattr(model, "hparams", None)
+    if hparams is not None and "labels" in hparams:  # SERModule
+        # Its classifier takes the mask and encodes group-norm clips at their true length itself.
+        return Scorer(
+            model,
+            labels=hparams["labels"],
+            sample_rate=hparams.get("sample_rate", audio.SAMPLE_RATE),
+            normalize=hparams.get("normalize", True),
+            trim_db=hparams.get("trim_db"),  # absent from checkpoints older than silence trimming
+            uses_attention_mask=True,
+            name=name or type(model).__name__,
+        )
+    if all(hasattr(model, attr) for attr in ("labels", "sample_rate", "normalize", "uses_attention_mask")):
+        return Scorer(
+            model,
+            labels=model.labels,
+            sample_rate=model.sample_rate,
+            normalize=model.normalize,
+            uses_attention_mask=model.uses_attention_mask,
+            trim_db=getattr(model, "trim_db", None),
+            name=name or type(model).__name__,
+        )
+    raise PredictError(
+        f"cannot score with a {type(model).__name__}: give a SERModule, a Scorer, or a path to a .ckpt, .onnx or Hugging Face model"
+    )
+
+
+def _checkpoint_name(path: Path) -> str:
+    """``<run>-best`` for ``<run>/checkpoints/best.ckpt`` (every run's best is called best), else the stem."""
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}-{path.stem}"
+    return path.stem
+
+
+def load_model(model: str | Path, device: str | torch.device | None = None) -> Scorer:
+    """A :class:`Scorer` for MODEL, in eval mode.
+
+    MODEL is a Lightning checkpoint of this project (``.ckpt``), an ONNX file (``.onnx``, from
+    ``ser export --format onnx``), or a Hugging Face audio-classification model: a directory written
+    by ``save_pretrained`` or a Hub name. ``device`` (e.g. ``"cuda"``) moves a torch model there;
+    an ONNX model runs where onnxruntime puts it (CUDA when its GPU build is installed).
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".ckpt":
+        if not path.is_file():
+            raise PredictError(f"checkpoint {text} does not exist: give the path of a .ckpt file, e.g. <run>/checkpoints/best.ckpt")
+        from .module import SERModule
+
+        try:
+            # weights_only: loading runs no code from the file; this project's checkpoints hold only
+            # tensors and plain data (the module's arguments), so they load this way.
+            module = SERModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle, zip and key errors alike: a file that is not our checkpoint
+            raise PredictError(f"cannot load checkpoint {text} ({_first_line(error)}): give a checkpoint written by `python train.py`") from None
+        module.eval()
+        if device is not None:
+            module.to(device)
+        return as_scorer(module, name=_checkpoint_name(path))
+    if suffix == ".onnx":
+        if not path.is_file():
+            raise PredictError(f"ONNX model {text} does not exist: write one with `ser export CKPT OUT.onnx --format onnx`")
+        from .export import OnnxClassifier
+
+        return as_scorer(OnnxClassifier(path), name=path.stem)
+    if path.is_file():
+        raise PredictError(f"{text} is neither a .ckpt checkpoint, an .onnx file nor a Hugging Face model directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise PredictError(f"directory {text} has no config.json: give a directory written by save_pretrained (or `ser export`)")
+    from .hub import load_hf_classifier
+
+    classifier = load_hf_classifier(str(path) if path.is_dir() else text)
+    if isinstance(classifier, nn.Module):
+        classifier.eval()
+        if device is not None:
+            classifier.to(device)
+    return as_scorer(classifier, name=path.name if path.is_dir() else text.rstrip("/").split("/")[-1])
+
+
+# --- scoring waveforms ------------------------------------------------------------------------
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, equal_lengths: bool) -> list[np.ndarray]:
+    """Item indices per batch, longest items first (a memory problem shows at once).
+
+    Items are sorted by length so that batches need little padding; with ``equal_lengths`` a batch
+    only holds items of one length (for models that must not see padding).
+    """
+    if batch_size < 1:
+        raise PredictError(f"batch size is {batch_size}: give at least 1")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    if not equal_lengths:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    groups = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1) if len(order) else []
+    for group in groups:
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    return batches
+
+
+def _pad(waveforms: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Zero-padded waveforms (B, T) float32 and attention mask (B, T) bool, True on real samples."""
+    lengths = torch.tensor([len(w) for w in waveforms])
+    batch = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
+    for row, waveform in enumerate(waveforms):  # copies out of read-only memory maps, too
+        batch[row, : len(waveform)] = waveform
+    return torch.from_numpy(batch), torch.arange(batch.shape[1]) < lengths[:, None]
+
+
+def _score_batch(scorer: Scorer, waveforms: Sequence[np.ndarray]) -> Tensor:
+    batch, mask = _pad(waveforms)
+    logits = scorer.logits(batch, mask if scorer.uses_attention_mask else None)
+    if logits.shape != (len(waveforms), len(scorer.labels)):
+        raise RuntimeError(f"the model gave logits of shape {tuple(logits.shape)} for {len(waveforms)} clips and {len(scorer.labels)} labels")
+    return logits.softmax(dim=-1)
+
+
+def score_waveforms(
+    scorer: Scorer,
+    waveforms: Sequence[np.ndarray],
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Class probabilities of model-ready waveforms (each ``(T_i,)`` float32), batched by length.
+
+    Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
+    be scored (too short, or the model failed on it alone); its row is then NaN. ``on_batch(n)`` is
+    called after every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
+    """
+    probabilities = np.full((len(waveforms), len(scorer.labels)), np.nan, dtype=np.float32)
+    errors: list[str | None] = [None] * len(waveforms)
+    lengths = [len(w) for w in waveforms]
+    for i, length in enumerate(lengths):
+        if length < scorer.min_samples:
+            errors[i] = (
+                f"too short: {length / scorer.sample_rate:.3f} s, the model needs at least {scorer.min_samples / scorer.sample_rate:.3f} s"
+            )
+    usable = [i for i in range(len(waveforms)) if errors[i] is None]
+    for batch in plan_batches([lengths[i] for i in usable], batch_size, equal_lengths=not scorer.uses_attention_mask):
+        items = [usable[j] for j in batch]
+        try:
+            probabilities[items] = _score_batch(scorer, [waveforms[i] for i in items]).numpy()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - torch, transformers and onnxruntime each raise their own kinds
+            # One bad item must not cost the others their scores: find it by scoring each alone.
+            for i in items:
+                try:
+                    probabilities[i] = _score_batch(scorer, [waveforms[i]]).numpy()[0]
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as alone:  # noqa: BLE001
+                    errors[i] = f"the model failed on it: {_first_line(alone if len(items) > 1 else error)}"
+        if on_batch is not None:
+            on_batch(len(items))
+    return probabilities, errors
+
+
+# --- predicting files -------------------------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    """The emotion of one file.
+
+    ``probabilities`` has every label (in the model's order) and sums to 1; ``windows`` holds the
+    probabilities of each window (one entry when the clip fits in one window), and
+    ``probabilities`` is their mean. ``duration`` is in seconds. When the file could not be scored,
+    ``error`` says why and ``label``/``probability`` are None.
+    """
+
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    windows: list[dict[str, float]] = field(default_factory=list)
+    duration: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain types only, for ``json.dumps``."""
+        return asdict(self)
+
+
+def expand_paths(paths: Sequence[str | Path]) -> list[tuple[str, str | None]]:
+    """Files to score, in the order given: ``(path, None)``, or ``(path, reason)`` for a PATH that gives none.
+
+    A file is taken as it is (any suffix); a directory is searched recursively, and a glob (``*``,
+    ``?``, ``[...]``, ``**``) expanded, for audio files (:data:`AUDIO_SUFFIXES`), hidden ones skipped.
+    A file named twice is scored once.
+    """
+    found: list[tuple[str, str | None]] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, reason: str | None = None) -> None:
+        key = path.resolve() if reason is None else path
+        if key not in seen:
+            seen.add(key)
+            found.append((str(path), reason))
+
+    def audio_files(matches) -> list[Path]:
+        return sorted(
+            p for p in matches
+            if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
+        )
+
+    for given in paths:
+        text = str(given)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = audio_files(p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                add(path, f"no audio files ({', '.join(AUDIO_SUFFIXES[:3])}, ...) in this directory")
+            for file in files:
+                add(file)
+        elif path.exists():
+            add(path)
+        elif glob.has_magic(text):
+            matches = [Path(m) for m in glob.glob(str(path), recursive=True)]
+            files = audio_files(
+                f for m in matches for f in ([m] if not m.is_dir() else [p for p in m.rglob("*") if not p.name.startswith(".")])
+            )
+            if not files:
+                add(path, "matches no audio file")
+            for file in files:
+                add(file)
+        else:
+            add(path, "no such file or directory")
+    return found
+
+
+def window_bounds(length: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the windows covering ``length`` samples.
+
+    A clip that fits in one window is one window. A longer one gets windows of exactly ``window``
+    samples (a group-norm model can then batch them), the first at the start, the last at the end,
+    and as few between as keep starts at most ``hop`` apart, spread evenly: every part of the clip
+    weighs about the same in the average (``hop`` exactly when it divides ``length - window``).
+    """
+    if length <= window:
+        return [(0, length)]
+    count = math.ceil((length - window) / hop) + 1
+    starts = np.linspace(0, length - window, count).round().astype(int)
+    return [(int(start), int(start) + window) for start in starts]
+
+
+def _read(path: str, scorer: Scorer) -> tuple[np.ndarray, float]:
+    """Model input ``(T,)`` and the duration in seconds; raises AudioError or OSError."""
+    samples, rate = audio.decode(Path(path).read_bytes())
+    waveform = audio.to_model_input(samples, rate, scorer.sample_rate, scorer.normalize, trim_db=scorer.trim_db)
+    return waveform, len(samples) / rate
+
+
+def predict(
+    model: Scorer | str | Path | Any,
+    paths: Sequence[str | Path] | str | Path,
+    window_seconds: float = 10.0,
+    hop_seconds: float = 5.0,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[Prediction]:
+    """Predict the emotion of every audio file in ``paths``: one :class:`Prediction` per file, in order.
+
+    ``model``: a :class:`Scorer`, a ``SERModule`` (e.g. from ``load_from_checkpoint``), or what
+    :func:`load_model` accepts. ``paths``: files, directories (searched recursively) and globs; any
+    format, sample rate and channel count soundfile reads. Clips longer than ``window_seconds`` are
+    scored in windows every ``hop_seconds`` and their probabilities averaged. A file that cannot be
+    read or scored gets a Prediction with ``error`` set; the others are scored all the same.
+    """
+    scorer = as_scorer(model)
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not window_seconds > 0 or not hop_seconds > 0:
+        raise PredictError(f"window {window_seconds} s and hop {hop_seconds} s must both be positive")
+    if hop_seconds > window_seconds:
+        raise PredictError(f"hop {hop_seconds} s is longer than the window {window_seconds} s: audio between windows would be skipped")
+    window = max(1, round(window_seconds * scorer.sample_rate))
+    hop = max(1, round(hop_seconds * scorer.sample_rate))
+
+    entries = expand_paths(paths)
+    predictions = [Prediction(path=path, error=reason) for path, reason in entries]
+    todo = [i for i, (_, reason) in enumerate(entries) if reason is None]
+
+    with _progress_bar(progress) as bar, scorer.inference():
+        task = bar.add_task("Scoring", total=0) if bar is not None else None
+        for start in range(0, len(todo), FILES_PER_CHUNK):
+            chunk = todo[start : start + FILES_PER_CHUNK]
+            pieces: list[np.ndarray] = []  # windows: views into the clips, not copies
+            owners: list[int] = []  # which prediction each window belongs to
+            for i in chunk:
+                try:
+                    waveform, predictions[i].duration = _read(entries[i][0], scorer)
+                except audio.AudioError as error:
+                    # libsndfile names the in-memory buffer it was given; the file's path says more
+                    predictions[i].error = re.sub(r"Error opening <[^>]*>: ", "", str(error))
+                    continue
+                except OSError as error:
+                    predictions[i].error = f"cannot be read ({error.strerror or _first_line(error)})"
+                    continue
+                for lo, hi in window_bounds(len(waveform), window, hop):
+                    pieces.append(waveform[lo:hi])
+                    owners.append(i)
+            if bar is not None:
+                bar.update(task, total=bar.tasks[task].total + len(pieces))
+            on_batch = (lambda n: bar.advance(task, n)) if bar is not None else None
+            probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch)
+            rows_of: dict[int, list[int]] = {}
+            for j, owner in enumerate(owners):
+                rows_of.setdefault(owner, []).append(j)
+            for i, rows in rows_of.items():
+                _fill(predictions[i], scorer.labels, probabilities[rows], [errors[j] for j in rows])
+    return predictions
+
+
+def _fill(prediction: Prediction, labels: Sequence[str], window_probabilities: np.ndarray, errors: list[str | None]) -> None:
+    """Set a prediction from its windows' probabilities (W, C), or its error if a window failed."""
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        prediction.error = failed
+        return
+    mean = window_probabilities.astype(np.float64).mean(axis=0)
+    best = int(mean.argmax())
+    prediction.label = labels[best]
+    prediction.probability = float(mean[best])
+    prediction.probabilities = {label: float(p) for label, p in zip(labels, mean)}
+    prediction.windows = [{label: float(p) for label, p in zip(labels, row)} for row in window_probabilities]
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool):
+    """A rich progress bar on stderr (stdout may carry JSON lines), or None."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:
+        yield bar
+
+
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "Prediction",
+    "PredictError",
+    "Scorer",
+    "as_scorer",
+    "expand_paths",
+    "load_model",
+    "plan_batches",
+    "predict",
+    "score_waveforms",
+    "window_bounds",
+]
