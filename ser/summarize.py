@@ -1,0 +1,279 @@
+"""One table for a Hydra multirun: every job's scores, then their mean ± std.
+
+    python train.py -m data.split=fold data.fold=1,2,3,4,5,6      # a sweep: multirun/<date>/<time>/0 ... 5
+    ser summarize multirun/2024-05-01/12-00-00                     # test/acc, test/uar, test/f1
+    ser summarize multirun/2024-05-01/12-00-00 --metric test/uar --metric best/val/uar
+
+or from Python:
+
+    from ser.summarize import summarize
+
+    summary = summarize("multirun/2024-05-01/12-00-00", metrics=["test/uar"])
+    summary.mean["test/uar"], summary.std["test/uar"], [job.label for job in summary.jobs]
+
+The table is printed, and ``summary.md``, ``summary.csv`` and ``summary.png`` are written into the
+sweep directory (``write=False`` writes nothing). Any sweep works (folds, learning rates, seeds): a
+job is labelled by the overrides that differ between jobs, so ``data.fold=3`` rather than the whole
+command line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stringio
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from . import io
+
+DEFAULT_METRICS = ("test/acc", "test/uar", "test/f1")
+
+
+@dataclass
+class Job:
+    """One job of the sweep, read from its directory."""
+
+    path: Path  # the job directory, e.g. <sweep>/3
+    name: str  # its path relative to the sweep directory, e.g. "3"
+    overrides: list[str]  # all of its command-line overrides, as Hydra recorded them
+    label: str  # only the overrides that vary across the sweep, e.g. "data.fold=3"
+    status: str  # "finished" (metrics.json written) or "failed"
+    reason: str | None  # for a failed job: the last line of its log that mentions an error
+    metrics: dict[str, float]  # the requested metrics it reported (NaN where one is missing)
+    protocol: str | None  # the evaluation protocol from metrics.json
+
+
+@dataclass
+class Summary:
+    """What ``summarize`` found; mean and std are over finished jobs only, std with ddof=1."""
+
+    sweep_dir: Path
+    metrics: tuple[str, ...]
+    jobs: list[Job]
+    mean: dict[str, float]
+    std: dict[str, float]
+    n: dict[str, int]  # per metric: the finished jobs with a finite value of it
+    protocol: str  # one line: the shared protocol, or the protocols of the jobs
+    files: list[Path] = field(default_factory=list)  # what was written (empty with write=False)
+
+    @property
+    def finished(self) -> list[Job]:
+        return [job for job in self.jobs if job.status == "finished"]
+
+    def percent(self, metric: str) -> bool:
+        """Accuracies and the like are fractions and read best as percentages; a loss is not one."""
+        values = [job.metrics[metric] for job in self.finished if math.isfinite(job.metrics[metric])]
+        return all(0.0 <= value <= 1.0 for value in values)
+
+    def format(self, metric: str, value: float) -> str:
+        if not math.isfinite(value):
+            return "–"
+        return f"{100 * value:.1f}" if self.percent(metric) else f"{value:.4g}"
+
+    def header(self, metric: str) -> str:
+        return f"{metric} (%)" if self.percent(metric) else metric
+
+    def aggregate(self, metric: str) -> str:
+        """``mean ± std``, with the count where it differs from the number of finished jobs."""
+        text = f"{self.format(metric, self.mean[metric])} ± {self.format(metric, self.std[metric])}"
+        return text if self.n[metric] == len(self.finished) else f"{text} (n={self.n[metric]})"
+
+
+def summarize(sweep_dir: str | Path, metrics: Sequence[str] = DEFAULT_METRICS, write: bool = True) -> Summary:
+    """Read every job of the Hydra multirun under ``sweep_dir``, print a table, write the summary files.
+
+    Jobs are the directories holding ``.hydra/overrides.yaml``, at any depth (``hydra.sweep.subdir``
+    may nest them). A job without ``metrics.json`` counts as failed, with the last error line of its
+    log as the reason, and is left out of the mean and std.
+
+    Raises:
+        ValueError: ``sweep_dir`` holds no Hydra job.
+    """
+    sweep_dir = Path(sweep_dir)
+    metrics = tuple(metrics)
+    job_dirs = sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_natural_key)
+    if not job_dirs:
+        raise ValueError(
+            f"no Hydra multirun jobs under {sweep_dir}: point ser summarize at a directory made by `python train.py -m ...`"
+        )
+
+    overrides = [yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or [] for d in job_dirs]
+    labels = _labels(overrides)
+    jobs = []
+    for job_dir, job_overrides, label in zip(job_dirs, overrides, labels):
+        name = job_dir.relative_to(sweep_dir).as_posix()
+        name = sweep_dir.name if name == "." else name  # a single run's directory, not a sweep
+        jobs.append(_read_job(job_dir, name, job_overrides, label or name, metrics))
+
+    mean, std, n = {}, {}, {}
+    for metric in metrics:
+        values = np.array([job.metrics[metric] for job in jobs if job.status == "finished"], dtype=float)
+        values = values[np.isfinite(values)]
+        n[metric] = len(values)
+        mean[metric] = float(values.mean()) if len(values) else math.nan
+        std[metric] = float(values.std(ddof=1)) if len(values) > 1 else math.nan  # one run says nothing of spread
+    protocol = _describe_protocols([job.protocol for job in jobs if job.protocol])
+    summary = Summary(sweep_dir, metrics, jobs, mean, std, n, protocol)
+
+    _print(summary)
+    if write:
+        summary.files = [
+            io.write_text(sweep_dir / "summary.md", _markdown(summary)),
+            io.write_text(sweep_dir / "summary.csv", _csv(summary)),
+            _plot(summary, sweep_dir / "summary.png"),
+        ]
+        print(f"wrote {', '.join(str(path) for path in summary.files)}")
+    return summary
+
+
+def _natural_key(path: Path) -> list:
+    """Job 10 after job 9, not after job 1."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def _labels(overrides: list[list[str]]) -> list[str]:
+    """Each job's overrides that not all jobs share (a constant ``data.split=fold`` tells nothing apart)."""
+    common = set.intersection(*(set(job) for job in overrides))
+    return [",".join(o for o in job if o not in common) for job in overrides]
+
+
+def _read_job(job_dir: Path, name: str, overrides: list[str], label: str, metrics: tuple[str, ...]) -> Job:
+    metrics_file = job_dir / "metrics.json"
+    if not metrics_file.is_file():
+        return Job(job_dir, name, overrides, label, "failed", _error_line(job_dir), {m: math.nan for m in metrics}, None)
+    reported = json.loads(metrics_file.read_text())
+    values = {m: float(reported[m]) if isinstance(reported.get(m), (int, float)) else math.nan for m in metrics}
+    return Job(job_dir, name, overrides, label, "finished", None, values, reported.get("protocol"))
+
+
+def _error_line(job_dir: Path) -> str | None:
+    """The last log line mentioning an error, without Hydra's ``[time][logger][LEVEL] - `` prefix."""
+    logs = sorted(job_dir.glob("*.log"), key=lambda p: p.name != "train.log")  # train.py's own log first
+    for log in logs:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if "error" in line.lower()]
+        if lines:
+            return re.sub(r"^(\[[^\]]*\])+\s*-\s*", "", lines[-1])
+    return None
+
+
+def _describe_protocols(protocols: list[str]) -> str:
+    """The shared protocol once; folds of one protocol as a range ("... folds 1-6"); otherwise a list."""
+    distinct = list(dict.fromkeys(protocols))
+    if not distinct:
+        return "unknown (no job finished)"
+    if len(distinct) == 1:
+        return distinct[0]
+    folds = [re.fullmatch(r"(.*) fold (\d+) of (\d+)", p) for p in distinct]
+    if all(folds) and len({(m[1], m[3]) for m in folds}) == 1:
+        numbers = sorted(int(m[2]) for m in folds)
+        total = int(folds[0][3])
+        of = "" if numbers == list(range(1, total + 1)) else f" (of {total})"
+        return f"{folds[0][1]} folds {_ranges(numbers)}{of}"
+    return "; ".join(distinct)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def _status(job: Job) -> str:
+    return f"failed: {job.reason}" if job.status == "failed" and job.reason else job.status
+
+
+def _print(summary: Summary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    # Text cells: labels and log lines may hold brackets that rich would read as markup
+    table = Table(title=f"{summary.sweep_dir}: {len(summary.jobs)} jobs", caption=f"protocol: {summary.protocol}")
+    table.add_column("job", overflow="fold")
+    table.add_column("status", overflow="fold")
+    for metric in summary.metrics:
+        table.add_column(summary.header(metric), justify="right")
+    for job in summary.jobs:
+        style = "red" if job.status == "failed" else ""
+        table.add_row(Text(job.label), Text(_status(job), style=style), *(summary.format(m, job.metrics[m]) for m in summary.metrics))
+    table.add_section()
+    table.add_row(
+        Text(f"mean ± std (n={len(summary.finished)})", style="bold"), "", *(summary.aggregate(m) for m in summary.metrics)
+    )
+    Console().print(table)
+
+
+def _markdown(summary: Summary) -> str:
+    def row(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", r"\|") for cell in cells) + " |"
+
+    lines = [
+        f"# Sweep summary: {summary.sweep_dir.name}",
+        "",
+        f"Protocol: {summary.protocol}",
+        "",
+        row(["job", "status", *(summary.header(m) for m in summary.metrics)]),
+        row(["---", "---", *("---:" for _ in summary.metrics)]),
+    ]
+    for job in summary.jobs:
+        lines.append(row([job.label, _status(job), *(summary.format(m, job.metrics[m]) for m in summary.metrics)]))
+    lines.append(row([f"**mean ± std** (n={len(summary.finished)})", "", *(summary.aggregate(m) for m in summary.metrics)]))
+    return "\n".join(lines) + "\n"
+
+
+def _csv(summary: Summary) -> str:
+    """Raw floats (not percentages); the mean and std rows say over how many finished jobs in ``status``."""
+    buffer = _stringio.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["job", "label", "status", "reason", "protocol", *summary.metrics])
+    for job in summary.jobs:
+        writer.writerow([job.name, job.label, job.status, job.reason or "", job.protocol or "", *(job.metrics[m] for m in summary.metrics)])
+    for name, values in (("mean", summary.mean), ("std", summary.std)):
+        writer.writerow([name, "", f"n={len(summary.finished)}", "", summary.protocol, *(values[m] for m in summary.metrics)])
+    return buffer.getvalue()
+
+
+def _plot(summary: Summary, path: Path) -> Path:
+    """One panel per metric: a bar per job, the mean as a line and ± std as a band; failed jobs keep their place."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless machines
+    import matplotlib.pyplot as plt
+
+    labels = [job.label if job.status == "finished" else f"{job.label}\n(failed)" for job in summary.jobs]
+    x = np.arange(len(summary.jobs))
+    figure, axes = plt.subplots(
+        len(summary.metrics), 1, sharex=True, squeeze=False,
+        figsize=(max(6.0, 0.7 * len(x) + 2), 2.4 * len(summary.metrics) + 1),
+    )
+    for axis, metric in zip(axes[:, 0], summary.metrics):
+        scale = 100 if summary.percent(metric) else 1
+        values = np.array([job.metrics[metric] for job in summary.jobs]) * scale
+        axis.bar(x, np.nan_to_num(values), color=["C0" if np.isfinite(v) else "none" for v in values])
+        mean, std = summary.mean[metric] * scale, summary.std[metric] * scale
+        if math.isfinite(mean):
+            axis.axhline(mean, color="C3", label=f"mean {summary.aggregate(metric)}")
+            if math.isfinite(std):
+                axis.axhspan(mean - std, mean + std, color="C3", alpha=0.15)
+            axis.legend(loc="lower right", fontsize=8)
+        axis.set_ylabel(summary.header(metric))
+        axis.grid(axis="y", alpha=0.3)
+    axes[-1, 0].set_xticks(x, labels, rotation=30 if len(x) > 4 else 0, ha="right" if len(x) > 4 else "center")
+    figure.suptitle(f"{summary.sweep_dir.name}: {summary.protocol}", fontsize=9)
+    figure.tight_layout()
+    try:
+        return io.save_figure(figure, path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)  # a notebook summarising many sweeps should not keep every figure alive
