@@ -12,19 +12,14 @@ torch and transformers load only when a model is needed.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 # public name -> the submodule defining it
 _EXPORTS = {
-    "predict": "predict",
-    "load_model": "predict",
-    "Prediction": "predict",
+    "predict": "inference",
+    "load_model": "inference",
+    "Prediction": "inference",
     "SERModule": "module",
 }
-# Public names that are also submodule names: ``ser.predict`` is the function, whether or not the
-# submodule ``ser.predict`` has been imported (``from ser.predict import ...`` still reaches the module).
-_SHADOWED = {name for name, module in _EXPORTS.items() if name == module}
 
 __all__ = sorted(_EXPORTS)
 
@@ -32,22 +27,10 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name in _EXPORTS:
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        setattr(sys.modules[__name__], name, value)  # later look-ups skip this function
+        globals()[name] = value  # later look-ups skip this function
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        # Importing a submodule binds it on its package (``ser.predict = <module>``); for a shadowed
-        # name bind the function of that name instead, so the answer never depends on import order.
-        if name in _SHADOWED and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .predict import PredictError, Scorer, _progress_bar, as_scorer, score_waveforms
+from .inference import PredictError, Scorer, _progress_bar, as_scorer, score_waveforms
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def evaluate(
     """Evaluate ``model`` on the ``stage`` clips of the split that the config with ``overrides`` makes.
 
     ``model``: a ``.ckpt``, ``.onnx``, Hugging Face directory or Hub name (see
-    :func:`ser.predict.load_model`), or a loaded ``SERModule`` / :class:`~ser.predict.Scorer`.
+    :func:`ser.inference.load_model`), or a loaded ``SERModule`` / :class:`~ser.inference.Scorer`.
     ``overrides``: Hydra overrides of the project config (``data.root=...``, ``data.split=fold``,
     ``data.fold=1``, ``seed=...``); only ``data.*`` and ``seed`` matter. ``batch_size`` defaults to
     ``data.eval_batch_size`` or ``data.batch_size``.

@@ -17,7 +17,7 @@ from ser.cli import main
 from ser.data import audio
 from ser.data.ravdess import EMOTIONS
 from ser.module import SERModule
-from ser.predict import (
+from ser.inference import (
     Prediction,
     PredictError,
     Scorer,
@@ -30,22 +30,8 @@ from ser.predict import (
     window_bounds,
 )
 
-from .helpers import write_noise_corpus
+from .helpers import TINY_ENCODER, write_noise_corpus
 
-TINY_ENCODER = {
-    "model_type": "wav2vec2",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": [32, 32, 32],
-    "conv_kernel": [10, 3, 3],
-    "conv_stride": [5, 2, 2],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-    "feat_extract_norm": "layer",
-    "do_stable_layer_norm": True,
-}
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}  # wav2vec2-base style
 
 pytestmark = [
