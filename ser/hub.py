@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES
 
-from .models.classifier import SpeechClassifier, load_hf_state_dict
+from .models.classifier import SpeechClassifier, check_batch, load_hf_state_dict
 from .models.encoder import AUDIO_MODEL_TYPES, EncoderError
 
 log = logging.getLogger(__name__)
@@ -221,13 +221,7 @@ class HFClassifier(nn.Module):
 
     def forward(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) float32 for waveforms (B, T) float32, attention_mask (B, T) bool/int or None."""
-        if waveforms.dim() != 2:
-            raise ValueError(f"waveforms have shape {tuple(waveforms.shape)}: give a batch of mono clips, (B, T)")
-        if attention_mask is not None and attention_mask.shape != waveforms.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but waveforms have {tuple(waveforms.shape)}: "
-                "give one flag per sample"
-            )
+        check_batch(waveforms, attention_mask)
         waveforms = waveforms.float()
         if self.uses_attention_mask:
             # transformers' feature extractor hands over an integer mask; the model wants it that way

@@ -12,6 +12,22 @@ from ser.data.ravdess import EMOTION_CODES
 
 RAVDESS_RATE = 48_000
 
+# A wav2vec 2.0 small enough that a training step takes milliseconds; layer norm, so masks apply.
+TINY_ENCODER = {
+    "model_type": "wav2vec2",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [32, 32, 32],
+    "conv_kernel": [10, 3, 3],
+    "conv_stride": [5, 2, 2],
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+    "feat_extract_norm": "layer",
+    "do_stable_layer_norm": True,
+}
+
 
 def clip_names(actors) -> list[str]:
     """Every speech clip name RAVDESS has for these actors (60 per actor)."""

@@ -15,20 +15,8 @@ from ser.data.ravdess import EMOTIONS
 from ser.models import build_encoder, load_encoder_config
 from ser.module import SERModule
 
-TINY_ENCODER = {
-    "model_type": "wav2vec2",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": [32, 32, 32],
-    "conv_kernel": [10, 3, 3],
-    "conv_stride": [5, 2, 2],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-    "feat_extract_norm": "layer",
-    "do_stable_layer_norm": True,
-}
+from .helpers import TINY_ENCODER
+
 # No stochastic layer skipping: tests that compare parameters step by step need every layer to train.
 DETERMINISTIC = {"layerdrop": 0.0}
 NUM_SAMPLES = 1600  # 0.1 s at 16 kHz: 79 frames from the tiny feature encoder

@@ -18,23 +18,9 @@ from ser.cli import CONF_DIR
 from ser.module import SERModule
 from ser.train import build_datamodule, build_logger, build_module, train
 
-from .helpers import write_noise_corpus
+from .helpers import TINY_ENCODER, write_noise_corpus
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_ENCODER = {
-    "model_type": "wav2vec2",
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": [32, 32, 32],
-    "conv_kernel": [10, 3, 3],
-    "conv_stride": [5, 2, 2],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-    "feat_extract_norm": "layer",
-    "do_stable_layer_norm": True,
-}
 
 
 def compose_config(overrides: list[str]):

@@ -29,6 +29,17 @@ from .pooling import build_pooling
 HEAD_TYPES = ("hf", "dense_tanh")
 
 
+def check_batch(waveforms: Tensor, attention_mask: Tensor | None) -> None:
+    """Refuse anything but waveforms (B, T) with an optional attention mask of the same shape."""
+    if waveforms.dim() != 2:
+        raise ValueError(f"waveforms have shape {tuple(waveforms.shape)}: give a batch of mono clips, (B, T)")
+    if attention_mask is not None and attention_mask.shape != waveforms.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but waveforms have {tuple(waveforms.shape)}: "
+            "give one flag per sample"
+        )
+
+
 class SpeechClassifier(nn.Module):
     """Encoder, optional weighted sum of its layers, masked pooling and a classification head.
 
@@ -95,13 +106,7 @@ class SpeechClassifier(nn.Module):
 
     def forward(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, num_labels) for waveforms (B, T), with attention_mask (B, T) 1/True on real samples."""
-        if waveforms.dim() != 2:
-            raise ValueError(f"waveforms have shape {tuple(waveforms.shape)}: give a batch of mono clips, (B, T)")
-        if attention_mask is not None and attention_mask.shape != waveforms.shape:
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)} but waveforms have {tuple(waveforms.shape)}: "
-                "give one flag per sample"
-            )
+        check_batch(waveforms, attention_mask)
         if attention_mask is not None:
             attention_mask = attention_mask.long()
             lengths = attention_mask.sum(dim=-1)
