@@ -5,6 +5,7 @@
     ser predict MODEL PATH... [--json]        emotions of audio files (MODEL: .ckpt, .onnx, Hugging Face model)
     ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
     ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
+    ser summarize SWEEP_DIR [--metric M]      mean ± std of a multirun's metrics (folds, sweeps)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data.splits import SplitError
     from .export import ExportError
     from .models.encoder import EncoderError
-    from .predict import PredictError
+    from .inference import PredictError
 
     return (CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError)
 
@@ -103,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .predict import load_model, predict
+    from .inference import load_model, predict
 
     model = load_model(args.model, device=args.device)
     predictions = predict(
@@ -156,16 +157,26 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_hf, export_onnx
 
     if args.format == "onnx":
-        out = export_onnx(args.checkpoint, args.out)
+        out = export_onnx(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"ONNX model written to {out}")
         print(f"  score files:   ser predict {out} clip.wav")
         print(f"  in Python:     from ser.export import OnnxClassifier; OnnxClassifier('{out}')(waveforms, attention_mask)")
     else:
-        out = export_hf(args.checkpoint, args.out)
+        out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"Hugging Face model (weights, config, feature extractor) written to {out}")
         print(f"  score files:   ser predict {out} clip.wav")
         print(f"  evaluate:      ser evaluate {out} data.root=PATH")
         print(f"  transformers:  pipeline('audio-classification', model='{out}')({{'raw': waveform, 'sampling_rate': 16000}})")
+
+
+def cmd_summarize(args: argparse.Namespace) -> None:
+    from .summarize import DEFAULT_METRICS, summarize
+
+    try:
+        summary = summarize(args.sweep_dir, metrics=tuple(args.metrics or DEFAULT_METRICS))
+    except ValueError as error:  # no jobs there: say so in one line
+        raise SystemExit(f"error: {error}") from None
+    print("written: " + ", ".join(str(path) for path in summary.files))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("checkpoint", type=Path, help="a .ckpt checkpoint of this project")
     exp.add_argument("out", type=Path, help="output directory (hf) or .onnx file (onnx)")
     exp.add_argument("--format", choices=("hf", "onnx"), default="hf", help="hf: save_pretrained directory for transformers (default); onnx: one ONNX file")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
     exp.set_defaults(run=cmd_export)
+
+    summ = commands.add_parser("summarize", help="mean and std of the test metrics of a multirun (folds, sweeps)")
+    summ.add_argument("sweep_dir", type=Path, help="a directory made by `python train.py -m ...`")
+    summ.add_argument("--metric", action="append", dest="metrics", help="metric to summarise (repeatable; default test/acc, test/uar, test/f1)")
+    summ.set_defaults(run=cmd_summarize)
     return parser
 
 
