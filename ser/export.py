@@ -140,6 +140,13 @@ def _find_metrics(checkpoint: Path) -> tuple[dict | None, Path | None]:
 
 def _model_card(module, checkpoint: Path, out_name: str, architecture: str) -> str:
     labels = list(module.hparams.labels)
+    if module.hparams.get("trim_db") is not None:
+        # Wav2Vec2FeatureExtractor has no such step, so transformers' pipeline scores whole clips.
+        log.warning(
+            "%s was trained on clips with the silence trimmed (data.trim_db=%s); transformers' pipeline does not trim, "
+            "so trim before scoring with it, or score with `ser predict`, which does",
+            checkpoint, module.hparams.trim_db,
+        )
     encoder_config = module.hparams.encoder_config or {}
     base = encoder_config.get("_name_or_path") or ""
     base_is_hub = bool(base) and not base.startswith(("/", ".", "~")) and base.count("/") == 1
