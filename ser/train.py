@@ -247,6 +247,7 @@ def train(cfg: DictConfig) -> dict:
 
         if trainer.is_global_zero:
             write_run_artifacts(run_dir, metrics, module, history, logger)
+            log.info("run directory: %s", run_dir.resolve())
         return metrics
     finally:
         if logger and isinstance(logger, pl.loggers.WandbLogger):
