@@ -173,10 +173,9 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     from .summarize import DEFAULT_METRICS, summarize
 
     try:
-        summary = summarize(args.sweep_dir, metrics=tuple(args.metrics or DEFAULT_METRICS))
+        summarize(args.sweep_dir, metrics=tuple(args.metrics or DEFAULT_METRICS))  # prints the table and the files
     except ValueError as error:  # no jobs there: say so in one line
         raise SystemExit(f"error: {error}") from None
-    print("written: " + ", ".join(str(path) for path in summary.files))
 
 
 def build_parser() -> argparse.ArgumentParser:
