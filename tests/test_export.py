@@ -34,18 +34,11 @@ from ser.hub import HFClassifier, architecture_of, init_from_pretrained, load_hf
 from ser.models import EncoderError
 from ser.module import SERModule
 
-TINY = {
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": [32, 32, 32],
-    "conv_kernel": [10, 3, 3],
-    "conv_stride": [5, 2, 2],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 2,
-    "vocab_size": 12,
-}
+from .helpers import TINY_ENCODER
+
+# the shared tiny encoder without its norm settings, which these tests vary
+TINY = {k: v for k, v in TINY_ENCODER.items() if k not in ("model_type", "feat_extract_norm", "do_stable_layer_norm")}
+TINY["vocab_size"] = 12
 LAYER_NORM = {"feat_extract_norm": "layer", "do_stable_layer_norm": True}  # XLSR-53, the published model
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}  # wav2vec2-base
 QUIET = {"layerdrop": 0.0, "mask_time_prob": 0.0}  # one training step that changes every layer the same way each run
