@@ -89,7 +89,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if summary["excluded"]:
         console.print(f"{summary['excluded']} clips of another modality or vocal channel were left out")
     if corpus.skipped:
-        skipped = Table("file", "reason", title=f"{len(corpus.skipped)} file(s) skipped", title_style="bold red")
+        skipped = Table(title=f"{len(corpus.skipped)} file(s) skipped", title_style="bold red")
+        skipped.add_column("file", overflow="fold")
+        skipped.add_column("reason", overflow="fold")
         for row in corpus.skipped:
             skipped.add_row(row["location"], row["reason"])
         console.print(skipped)

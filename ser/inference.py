@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -453,8 +452,7 @@ def predict(
                 try:
                     waveform, predictions[i].duration = _read(entries[i][0], scorer)
                 except audio.AudioError as error:
-                    # libsndfile names the in-memory buffer it was given; the file's path says more
-                    predictions[i].error = re.sub(r"Error opening <[^>]*>: ", "", str(error))
+                    predictions[i].error = str(error)
                     continue
                 except OSError as error:
                     predictions[i].error = f"cannot be read ({error.strerror or _first_line(error)})"

@@ -51,7 +51,9 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
         with sf.SoundFile(io.BytesIO(data)) as audio_file:
             audio = audio_file.read(dtype="float32", always_2d=True)
             sample_rate = audio_file.samplerate
-    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+    except sf.LibsndfileError as error:  # its str() names the in-memory buffer, not the file: keep the reason
+        raise AudioError(f"cannot be decoded ({error.error_string})") from None
+    except (RuntimeError, TypeError) as error:
         raise AudioError(f"cannot be decoded ({error})") from None
     if len(audio) == 0:
         raise AudioError("no audio frames (header only)")
