@@ -242,8 +242,9 @@ def train(cfg: DictConfig) -> dict:
         elif cfg.test_after_fit:
             trainer.test(module, datamodule=datamodule)
             metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-        objective_key = cfg.objective if cfg.objective in metrics else f"best/{cfg.objective}"
-        metrics["objective"] = metrics.get(objective_key, metrics.get(cfg.objective, float("nan")))
+        # the checkpointed (best) value when the objective is the monitored metric, else its last value
+        objective_key = f"best/{cfg.objective}" if f"best/{cfg.objective}" in metrics else cfg.objective
+        metrics["objective"] = metrics.get(objective_key, float("nan"))
 
         if trainer.is_global_zero:
             write_run_artifacts(run_dir, metrics, module, history, logger)
