@@ -2,15 +2,14 @@
 
 ``conf/config.yaml`` starts from ``base_config`` (the :class:`Config` schema), so every group option
 is merged into a typed node: a mistyped key or a value of the wrong type fails when the config is
-composed, not an hour into training.
+composed, not an hour into training. :func:`register_configs` stores the schema; ``train.py`` and
+``ser`` call it before composing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
-
-from hydra.core.config_store import ConfigStore
 
 
 @dataclass
@@ -129,7 +128,7 @@ class Config:
 
 
 def register_configs() -> None:
+    """Make ``base_config`` known to Hydra; call before composing. Idempotent."""
+    from hydra.core.config_store import ConfigStore  # here, so that reading DataConfig does not import Hydra
+
     ConfigStore.instance().store(name="base_config", node=Config)
-
-
-register_configs()

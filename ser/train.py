@@ -16,14 +16,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import config as _schemas  # noqa: F401  (registers the structured config schemas)
 from . import io
+from .config import register_configs
 from .data.datamodule import RavdessDataModule
 from .data.ravdess import EMOTIONS
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
 
 log = logging.getLogger(__name__)
+register_configs()  # train.py's @hydra.main composes against base_config
 
 
 def describe_protocol(data: DictConfig) -> str:

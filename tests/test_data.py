@@ -365,3 +365,23 @@ def test_datamodule_gives_padded_batches_and_writes_the_manifest(noise_corpus, t
     assert (tmp_path / "run" / "split.csv").is_file()
     val_positions = [i for b in dm.val_dataloader() for i in b["index"].tolist()]
     assert sorted(val_positions) == sorted(dm.split["val"].tolist())
+
+
+# --- ser prepare ---------------------------------------------------------------------------------
+
+
+def test_ser_prepare_prints_the_summary(noise_corpus, tmp_path, capsys):
+    from ser.cli import main
+
+    main(["-q", "prepare", f"data.root={noise_corpus}", f"data.cache_dir={tmp_path / 'cache'}"])
+    out = capsys.readouterr().out
+    assert "240 clips, 8 emotions, 4 actors" in out and "no file skipped" in out and str(tmp_path / "cache") in out
+
+
+@pytest.mark.parametrize("override, message", [("data.rot=3", "rot"), ("data.batch_size=four", "four"), ("experiment=demo", "data.KEY=VALUE")])
+def test_ser_prepare_refuses_unknown_keys_wrong_types_and_other_groups(override, message):
+    from ser.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", override])
+    assert str(exit_info.value).startswith("error:") and message in str(exit_info.value)

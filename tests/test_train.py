@@ -15,6 +15,7 @@ from omegaconf import open_dict
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from ser.cli import CONF_DIR
+from ser.config import register_configs
 from ser.module import SERModule
 from ser.train import build_datamodule, build_logger, build_module, train
 
@@ -24,8 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def compose_config(overrides: list[str]):
-    import ser.config  # noqa: F401  registers the schemas
-
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
