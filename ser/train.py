@@ -168,10 +168,6 @@ def build_module(cfg: DictConfig) -> SERModule:
 
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
     data = cfg.data
-    if data.synthesize_actors:
-        from .data.synth import synthesize_corpus
-
-        synthesize_corpus(data.root, actors=data.synthesize_actors, seed=0)
     return RavdessDataModule(
         root=data.root,
         cache_dir=data.cache_dir,
@@ -190,6 +186,7 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
         trim_db=data.trim_db,
         strict=data.strict,
         download=data.download,
+        synthesize_actors=data.synthesize_actors,
         bucket_batches=data.bucket_batches,
         manifest_path=str(run_dir / "split.csv"),
     )

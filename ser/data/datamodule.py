@@ -40,6 +40,7 @@ class RavdessDataModule(pl.LightningDataModule):
         trim_db: float | None = None,
         strict: bool = False,
         download: bool = True,
+        synthesize_actors: int | None = None,
         bucket_batches: int = 32,
         manifest_path: str | None = None,
         progress: bool = True,
@@ -58,6 +59,7 @@ class RavdessDataModule(pl.LightningDataModule):
         self.settings = PrepareSettings(sample_rate=sample_rate, normalize=normalize, trim_db=trim_db)
         self.strict = strict
         self.download = download
+        self.synthesize_actors = synthesize_actors
         self.bucket_batches = bucket_batches
         self.manifest_path = manifest_path
         self.progress = progress
@@ -72,6 +74,11 @@ class RavdessDataModule(pl.LightningDataModule):
             log.warning("skipped %s: %s", skipped["location"], skipped["reason"])
 
     def load_corpus(self) -> PreparedCorpus:
+        """The prepared corpus; with ``synthesize_actors``, a synthetic one is written at ``root`` first (once)."""
+        if self.synthesize_actors:
+            from .synth import synthesize_corpus
+
+            synthesize_corpus(self.root, actors=self.synthesize_actors, seed=0, progress=self.progress)
         return prepare(
             self.root, self.cache_dir, self.settings, strict=self.strict, download=self.download, progress=self.progress
         )
