@@ -19,7 +19,6 @@ samples), ``labels`` (B,) long and ``index`` (B,) long (the clip's position in i
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -270,14 +269,38 @@ class SERModule(pl.LightningModule):
         optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         optimizer = optimizer_class(groups, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
 
-        total_steps = self.trainer.estimated_stepping_batches
-        if math.isinf(total_steps) and (hp.scheduler == "linear" or hp.warmup_ratio > 0):
+        needs_total = hp.scheduler == "linear" or hp.warmup_ratio > 0
+        if needs_total and self.trainer.max_steps == -1 and self.trainer.max_epochs == -1:
             raise ValueError(f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_epochs or trainer.max_steps")
-        total_steps = 0 if math.isinf(total_steps) else int(total_steps)
-        warmup_steps = hp.warmup_steps if hp.warmup_steps > 0 else math.ceil(hp.warmup_ratio * total_steps)
-        factor = functools.partial(_lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, decay=hp.scheduler == "linear")
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_function())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+    def _lr_factor_function(self):
+        """``step -> multiplier`` of the base learning rate, reading the number of steps when first needed.
+
+        Not in configure_optimizers: asking Lightning for ``estimated_stepping_batches`` there builds the
+        training dataloader before a checkpoint is restored, and the saved position inside the epoch
+        is then never handed to it. By step 1 the dataloader exists. A plain function, not an object:
+        LambdaLR would save an object's attributes, the trainer among them, into the checkpoint.
+        """
+        hp = self.hparams
+        has_warmup = hp.warmup_steps > 0 or hp.warmup_ratio > 0
+        steps: dict[str, int] = {}
+
+        def factor(step: int) -> float:
+            if step == 0:
+                return 0.0 if has_warmup else 1.0
+            if hp.scheduler == "constant" and not has_warmup:
+                return 1.0
+            if not steps:
+                total = self.trainer.estimated_stepping_batches
+                if math.isinf(total):
+                    raise ValueError(f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_steps")
+                steps["total"] = int(total)
+                steps["warmup"] = hp.warmup_steps if hp.warmup_steps > 0 else math.ceil(hp.warmup_ratio * int(total))
+            return _lr_factor(step, steps["warmup"], steps["total"], decay=hp.scheduler == "linear")
+
+        return factor
 
 
 def _lr_factor(step: int, warmup_steps: int, total_steps: int, decay: bool) -> float:

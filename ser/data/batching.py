@@ -6,11 +6,11 @@ compute spent on padded frames; grouping clips of similar length keeps that wast
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .prepare import PreparedCorpus
 
@@ -30,7 +30,7 @@ class ClipDataset(Dataset):
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self._all_batches())  # exact under bucketing, drop_last and rank padding; cheap next to an epoch
+        return len(self.indices)
 
     def lengths(self) -> np.ndarray:
         """Samples per item after cropping, ``(N,)``."""
@@ -75,16 +75,15 @@ class LengthBucketBatchSampler(Sampler[list]):
     """Batches of positions whose clips have similar lengths, split across ranks.
 
     Training (``shuffle=True``): each epoch the positions are shuffled, cut into buckets of
-    ``batch_size * bucket_batches``, each bucket sorted by length and cut into batches, and the
-    batches shuffled again; items are ``(position, epoch)`` so crops are reproducible. Evaluation:
-    all positions sorted by length, then batched.
+    ``batch_size * num_replicas * bucket_batches``, each bucket sorted by length and cut into global
+    batches of ``batch_size * num_replicas``, and the global batches shuffled again; each rank takes
+    every ``num_replicas``-th clip of each global batch. A run on R ranks with ``batch_size`` B thus
+    trains on exactly the batches of one process with ``batch_size`` R * B. Items are
+    ``(position, epoch)`` so crops are reproducible. Evaluation: all positions sorted by length,
+    batched, and each rank takes every ``num_replicas``-th batch, so no clip is counted twice.
 
-    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch. For training, the batch
-    list is first padded by repetition to a multiple of ``num_replicas`` so that every rank runs the
-    same number of steps; evaluation batches are not repeated, so no clip is counted twice.
-
-    ``state_dict``/``load_state_dict`` record how many batches of the current epoch were consumed,
-    so an interrupted epoch resumes where it stopped.
+    ``state_dict``/``load_state_dict`` record how many batches of which epoch were consumed, so an
+    interrupted epoch resumes where it stopped.
     """
 
     def __init__(
@@ -111,41 +110,52 @@ class LengthBucketBatchSampler(Sampler[list]):
         self.drop_last = drop_last
         self.bucket_batches = bucket_batches
         self.epoch = 0
-        self._skip = 0  # batches of the current epoch already consumed before a resume
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) from a checkpoint
+        self._iterating_epoch = 0
         self._yielded = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> "LengthBucketBatchSampler":
+        """Itself: each epoch Lightning calls ``set_epoch`` on ``batch_sampler.sampler``, not on the batch sampler."""
+        return self
+
     def _all_batches(self) -> list[np.ndarray]:
-        if self.shuffle:
-            rng = np.random.default_rng((self.seed, self.epoch))
-            order = rng.permutation(len(self.lengths))
-            bucket = self.batch_size * self.bucket_batches
-            batches = []
-            for start in range(0, len(order), bucket):
-                chunk = order[start : start + bucket]
-                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-                batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            if self.drop_last:
-                batches = [b for b in batches if len(b) == self.batch_size]
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-            if self.num_replicas > 1 and len(batches) % self.num_replicas:
-                missing = self.num_replicas - len(batches) % self.num_replicas
-                batches += batches[:missing]
-        else:
+        if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
             batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        return batches[self.rank :: self.num_replicas]
+            return batches[self.rank :: self.num_replicas]
+
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.lengths))
+        global_size = self.batch_size * self.num_replicas
+        bucket = global_size * self.bucket_batches
+        batches = []
+        for start in range(0, len(order), bucket):
+            chunk = order[start : start + bucket]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + global_size] for i in range(0, len(chunk), global_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == global_size]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        # a global batch smaller than the number of ranks would leave a rank without a clip
+        batches = [np.resize(b, self.num_replicas) if len(b) < self.num_replicas else b for b in batches]
+        return [b[self.rank :: self.num_replicas] for b in batches]
 
     def __iter__(self) -> Iterator[list]:
         batches = self._all_batches()
-        start, self._skip = self._skip, 0
-        self._yielded = start
+        start = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            if epoch == self.epoch and done < len(batches):  # else that epoch was finished
+                start = done
+            self._resume_at = None
+        self._iterating_epoch, self._yielded = self.epoch, start
         for batch in batches[start:]:
             self._yielded += 1
             yield [(int(i), self.epoch) for i in batch] if self.shuffle else [int(i) for i in batch]
-        self._yielded = 0
         if self.shuffle:
             self.epoch += 1  # a plain DataLoader loop still gets a new order every epoch
 
@@ -153,11 +163,34 @@ class LengthBucketBatchSampler(Sampler[list]):
         return len(self._all_batches())  # exact under bucketing, drop_last and rank padding; cheap next to an epoch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self._yielded}
+        return {"epoch": self._iterating_epoch, "batches_done": self._yielded}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = state["epoch"]
-        self._skip = state["batches_done"]
+        self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position inside an epoch goes into Lightning's checkpoints.
+
+    Lightning saves ``state_dict()`` of a training loader that has one and hands it back through
+    ``load_state_dict`` before iterating again. The sampler runs ahead of training (Lightning
+    prefetches a batch to spot the last one, workers prefetch more), so the position saved is
+    ``batches_processed()``, the trainer's own count, where one is given.
+    """
+
+    def __init__(self, *args, batches_processed: Callable[[], int | None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_processed = batches_processed
+
+    def state_dict(self) -> dict:
+        state = self.batch_sampler.state_dict()
+        processed = self.batches_processed() if self.batches_processed else None
+        if processed is not None:
+            state["batches_done"] = processed
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

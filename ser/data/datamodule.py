@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
-from .batching import ClipDataset, LengthBucketBatchSampler, collate
+from .batching import ClipDataset, LengthBucketBatchSampler, ResumableDataLoader, collate
 from .prepare import PreparedCorpus, PrepareSettings, prepare
 from .splits import make_split, write_manifest
 
@@ -106,14 +107,24 @@ class RavdessDataModule(pl.LightningDataModule):
             rank=rank,
             bucket_batches=self.bucket_batches,
         )
-        return DataLoader(
-            dataset,
+        options = dict(
             batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,
+            # Each iter() of a DataLoader draws a seed from this generator; from the global one it
+            # would shift the dropout masks of a resumed run against those of an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if stage == "train":
+            return ResumableDataLoader(dataset, batches_processed=self._train_batches_processed, **options)
+        return DataLoader(dataset, **options)
+
+    def _train_batches_processed(self) -> int | None:
+        if self.trainer is None:
+            return None
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
