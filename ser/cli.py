@@ -28,8 +28,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .export import ExportError
     from .models.encoder import EncoderError
     from .inference import PredictError
+    from .resume import ResumeError
 
-    return (CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError)
+    return (CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError, ResumeError)
 
 
 @contextlib.contextmanager

@@ -109,6 +109,9 @@ class CallbacksConfig:
     early_stopping_patience: Optional[int] = None  # epochs without improvement; None disables
     rich_progress: bool = True
     model_summary_depth: int = 1
+    # also write last.ckpt every N optimizer steps, for runs that may be killed without warning
+    # (SIGTERM always saves one). Off by default: an XLSR-large checkpoint with Adam's state is ~3.8 GB.
+    checkpoint_every_n_steps: Optional[int] = None
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Config:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     seed: int = 42
     run_dir: str = "${hydra:runtime.output_dir}"
-    ckpt_path: Optional[str] = None  # resume from a checkpoint
+    ckpt_path: Optional[str] = None  # resume: "last" (this run directory's), a run directory, or a .ckpt file
     objective: str = "val/uar"  # returned to sweepers
     test_after_fit: bool = True
 

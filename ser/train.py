@@ -10,11 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import uuid
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import io
 from .config import register_configs
@@ -22,6 +28,7 @@ from .data.datamodule import RavdessDataModule
 from .data.ravdess import EMOTIONS
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
+from .resume import LAST_CHECKPOINT, AtomicCheckpointIO, CheckpointOnSigterm, RandomState, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 register_configs()  # train.py's @hydra.main composes against base_config
@@ -80,9 +87,20 @@ class History(pl.Callback):
     def on_train_end(self, trainer, pl_module):
         self._record_train_accuracy(trainer)
 
+    # saved with each checkpoint, so the curves of a resumed run start at step 0
+    def state_dict(self) -> dict:
+        return {"train": self.train, "val": self.val}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train, self.val = list(state_dict["train"]), list(state_dict["val"])
+
 
 def build_logger(cfg: DictConfig, run_dir: Path):
-    """W&B (offline unless an account is configured), CSV, or none."""
+    """W&B (offline unless an account is configured), CSV, or none.
+
+    A W&B run's id is kept in ``run_dir/wandb_run_id``, so a run resumed in that directory goes on
+    logging into the same W&B run. Jobs of a Hydra multirun are grouped by their sweep directory.
+    """
     name = cfg.logger.name
     if name == "none":
         return False
@@ -95,17 +113,35 @@ def build_logger(cfg: DictConfig, run_dir: Path):
     mode = os.environ.get("WANDB_MODE") or cfg.logger.mode or ("online" if wandb_key_configured() else "offline")
     if mode != "online":
         log.info("W&B logs offline into %s/wandb; upload later with `wandb sync`", run_dir)
+    group, job_name = cfg.logger.group, None
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        group = group or HydraConfig.get().sweep.dir
+        job_name = HydraConfig.get().job.override_dirname or None
     # mode goes to wandb.init for this run only: WandbLogger(offline=True) would set WANDB_MODE for the
     # whole process and leak into later jobs of a multirun.
     return pl.loggers.WandbLogger(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        group=cfg.logger.group,
+        group=group,
+        name=job_name,
         tags=list(cfg.logger.tags),
         save_dir=str(run_dir),
         mode=mode,
+        id=wandb_run_id(run_dir),
+        resume="allow",
         settings=wandb.Settings(init_timeout=60, silent=True),
     )
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory: read back on resume, made and written on a fresh start."""
+    id_file = run_dir / "wandb_run_id"
+    if id_file.is_file():
+        return id_file.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
+    if pl.utilities.rank_zero_only.rank == 0:
+        io.write_text(id_file, run_id + "\n")
+    return run_id
 
 
 def wandb_key_configured() -> bool:
@@ -116,20 +152,30 @@ def wandb_key_configured() -> bool:
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path, history: History) -> list[pl.Callback]:
+    checkpoints = str(run_dir / "checkpoints")
+    # last.ckpt has callbacks of its own: with save_last=True on the monitoring one, Lightning 2.6
+    # rewrites last.ckpt only in epochs that improve the monitored metric, so resuming "last" would
+    # go back to the best epoch.
+    last = dict(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     callbacks = [
         pl.callbacks.ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
+            dirpath=checkpoints,
             filename="best",
             monitor=cfg.callbacks.monitor,
             mode=cfg.callbacks.mode,
             save_top_k=1,
-            save_last=True,
             auto_insert_metric_name=False,
         ),
+        pl.callbacks.ModelCheckpoint(**last),  # at the end of every epoch
         pl.callbacks.LearningRateMonitor(logging_interval="step"),
         pl.callbacks.ModelSummary(max_depth=cfg.callbacks.model_summary_depth),
         history,
+        RandomState(),
+        CheckpointOnSigterm(run_dir / LAST_CHECKPOINT),
     ]
+    if cfg.callbacks.checkpoint_every_n_steps:
+        # within the epoch too, so a SIGKILL loses at most this many optimizer steps
+        callbacks.append(pl.callbacks.ModelCheckpoint(**last, every_n_train_steps=cfg.callbacks.checkpoint_every_n_steps))
     if cfg.callbacks.rich_progress and cfg.trainer.enable_progress_bar:
         callbacks.append(pl.callbacks.RichProgressBar())
     if cfg.callbacks.early_stopping_patience is not None:
@@ -201,6 +247,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Train
         default_root_dir=str(run_dir),
         logger=logger,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the length-bucketed sampler shares batches out by rank itself
     )
 
@@ -210,10 +257,16 @@ def _scalar(value) -> float:
 
 
 def train(cfg: DictConfig) -> dict:
-    """Fit, test the best checkpoint, write the run directory; returns the metrics (``objective`` included)."""
-    run_dir = Path(cfg.run_dir)
+    """Fit, test the best checkpoint, write the run directory; returns the metrics (``objective`` included).
+
+    With ``cfg.ckpt_path`` the run resumes (see :func:`ser.resume.resolve_checkpoint`) and keeps
+    writing into the run directory it came from.
+    """
+    checkpoint, run_dir = resolve_checkpoint(cfg.ckpt_path, Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
+    if checkpoint is not None:
+        log.info("resuming %s from %s", run_dir, checkpoint)
     log.info("run directory: %s", run_dir)
 
     module = build_module(cfg)
@@ -221,19 +274,21 @@ def train(cfg: DictConfig) -> dict:
     history = History()
     logger = build_logger(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history))
+    refuse_relaunch_inside_multirun(trainer)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        checkpoint = trainer.checkpoint_callback
+        # weights_only=False: the checkpoint is this run's own, with loop and callback states
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=False)
+        checkpoint_callback = trainer.checkpoint_callback
         metrics = {"protocol": describe_protocol(cfg.data)}
-        best_score = checkpoint.best_model_score
+        best_score = checkpoint_callback.best_model_score
         if best_score is not None and math.isfinite(_scalar(best_score)):
             metrics[f"best/{cfg.callbacks.monitor}"] = _scalar(best_score)
         metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         if cfg.test_after_fit and not cfg.trainer.fast_dev_run:
-            best_path = checkpoint.best_model_path or None
+            best_path = checkpoint_callback.best_model_path or None
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=False)
             metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
             metrics["checkpoint"] = best_path
@@ -248,6 +303,9 @@ def train(cfg: DictConfig) -> dict:
             write_run_artifacts(run_dir, metrics, module, history, logger)
             log.info("run directory: %s", run_dir.resolve())
         return metrics
+    except SIGTERMException:
+        log.warning("stopped by SIGTERM; resume with: python train.py <the same overrides> ckpt_path=%s", run_dir)
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         if logger and isinstance(logger, pl.loggers.WandbLogger):
             import wandb
@@ -255,6 +313,18 @@ def train(cfg: DictConfig) -> dict:
             # Lightning's WandbLogger never finishes its run: each multirun job must, or the next
             # job's metrics land in this job's run.
             wandb.finish()
+
+
+def refuse_relaunch_inside_multirun(trainer: pl.Trainer) -> None:
+    """Lightning's DDP starts its other processes by running the command line again, and inside a
+    Hydra multirun that command is the whole sweep (Lightning PR 18175, Hydra issue 2070)."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ValueError(
+            f"DDP over {trainer.num_devices} devices (trainer.strategy, trainer.devices) cannot run inside a Hydra multirun (-m): "
+            "run each job on its own, or sweep with hydra/launcher=slurm, where SLURM starts the processes"
+        )
 
 
 def write_run_artifacts(run_dir: Path, metrics: dict, module: SERModule, history: History, logger) -> None:

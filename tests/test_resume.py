@@ -1,0 +1,158 @@
+"""Interrupted runs: SIGTERM, SIGKILL and a kill during a checkpoint write, then resume.
+
+Every interruption is real: training runs in a subprocess (tests/interrupt.py) that receives the
+signal. With deterministic settings the resumed run must end with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ser.resume import ResumeError, resolve_checkpoint
+
+from .helpers import TINY_ENCODER, write_noise_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+BATCHES_PER_EPOCH = 6  # with accumulation 2: 3 optimizer steps per epoch, 6 in the run
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+
+
+def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
+    """Two short epochs of the tiny encoder, dropout and SpecAugment on, saving last.ckpt at every step."""
+    return [
+        "experiment=demo",
+        f"data.root={corpus}",
+        "data.synthesize_actors=null",
+        f"data.cache_dir={cache}",
+        "data.split=speaker",
+        "data.val_actors=2",
+        "data.test_actors=2",
+        "data.batch_size=4",
+        "data.max_seconds=0.5",
+        "model.encoder_config=" + json.dumps({**TINY_ENCODER, "mask_time_prob": 0.2}, separators=(",", ":")).replace('"', ""),
+        "trainer.max_epochs=2",
+        f"trainer.limit_train_batches={BATCHES_PER_EPOCH}",
+        "trainer.limit_val_batches=2",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.deterministic=true",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "callbacks.checkpoint_every_n_steps=1",
+        "test_after_fit=false",
+        "logger=csv",
+        *extra,
+        f"run_dir={run_dir}",  # last, so a resume can replace it
+    ]
+
+
+def run(args: list[str], *flags: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "tests.interrupt", json.dumps(args), *flags],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    base = tmp_path_factory.mktemp("reference")
+    result = run(overrides(corpus, base / "cache", base / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base / "run"
+
+
+@pytest.mark.slow
+def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    args = overrides(corpus, tmp_path / "cache", run_dir, "logger=wandb", "callbacks.checkpoint_every_n_steps=null")
+    # batch 3 opens the second accumulation window of epoch 0: the stop waits for batch 4
+    stopped = run(args, "--at", "3", "--signal", str(int(signal.SIGTERM)))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "ckpt_path=" in stopped.stderr
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2 and saved["epoch"] == 0  # two full windows, mid-epoch
+    assert not (run_dir / "metrics.json").exists()
+
+    elsewhere = tmp_path / "unused"
+    resumed = run([*args[:-1], f"run_dir={elsewhere}", f"ckpt_path={run_dir}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "metrics.json").is_file() and not elsewhere.exists()  # the run continued in its own directory
+    assert_same_weights(weights(run_dir), weights(reference))
+    assert json.loads((run_dir / "metrics.json").read_text())["val/loss"] == json.loads((reference / "metrics.json").read_text())["val/loss"]
+
+    # one W&B run, continued: the offline directories of both processes carry the same run id
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    offline = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), offline
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["between batches", "while writing a checkpoint"])
+def test_sigkill_resumes_from_the_last_whole_checkpoint(kill, corpus, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    args = overrides(corpus, tmp_path / "cache", run_dir)
+    # batch 5 opens epoch 0's last window (after 2 saves); the 3rd save comes at step 3, the end of epoch 0
+    flags = ("--at", "5", "--signal", str(int(signal.SIGKILL))) if kill == "between batches" else ("--during-save", "3")
+    killed = run(args, *flags)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 2  # the checkpoint before the kill, whole
+    assert not list((run_dir / "checkpoints").glob("*.tmp")) or kill == "while writing a checkpoint"
+
+    resumed = run(args[:-1] + [f"run_dir={run_dir}", "ckpt_path=last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(weights(run_dir), weights(reference))
+
+
+def test_resolve_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert resolve_checkpoint(None, run_dir) == (None, run_dir)
+    with pytest.raises(ResumeError, match="ckpt_path=last"):
+        resolve_checkpoint("last", run_dir)
+    with pytest.raises(ResumeError, match="without checkpoints/last.ckpt"):
+        resolve_checkpoint(str(run_dir), tmp_path / "new")
+    last.write_bytes(b"")
+    assert resolve_checkpoint("last", run_dir) == (last, run_dir)
+    assert resolve_checkpoint(str(run_dir), tmp_path / "new") == (last, run_dir)
+    assert resolve_checkpoint(str(last), tmp_path / "new") == (last, run_dir)
+    loose = tmp_path / "model.ckpt"
+    loose.write_bytes(b"")
+    assert resolve_checkpoint(str(loose), tmp_path / "new") == (loose, tmp_path / "new")
+    with pytest.raises(ResumeError, match="does not exist"):
+        resolve_checkpoint(str(tmp_path / "nothing.ckpt"), run_dir)
+
+
+def test_ckpt_path_last_without_a_checkpoint_fails_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "experiment=demo", "ckpt_path=last", f"hydra.run.dir={tmp_path}/run", "logger=none"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ckpt_path=last") and "Traceback" not in result.stderr
