@@ -34,6 +34,7 @@ import yaml
 from . import io
 
 DEFAULT_METRICS = ("test/acc", "test/uar", "test/f1")
+MAX_TICK_LABEL = 40  # characters of a job's label under its bar in summary.png
 
 
 @dataclass
@@ -86,8 +87,12 @@ class Summary:
         return text if self.n[metric] == len(self.finished) else f"{text} (n={self.n[metric]})"
 
 
-def summarize(sweep_dir: str | Path, metrics: Sequence[str] = DEFAULT_METRICS, write: bool = True) -> Summary:
+def summarize(
+    sweep_dir: str | Path, metrics: Sequence[str] = DEFAULT_METRICS, write: bool = True, quiet: bool = False
+) -> Summary:
     """Read every job of the Hydra multirun under ``sweep_dir``, print a table, write the summary files.
+
+    ``quiet=True`` prints nothing: a sweep rewrites its summary after every job and prints it once.
 
     Jobs are the directories holding ``.hydra/overrides.yaml``, at any depth (``hydra.sweep.subdir``
     may nest them). A job without ``metrics.json`` counts as failed, with the last error line of its
@@ -122,14 +127,16 @@ def summarize(sweep_dir: str | Path, metrics: Sequence[str] = DEFAULT_METRICS, w
     protocol = _describe_protocols([job.protocol for job in jobs if job.protocol])
     summary = Summary(sweep_dir, metrics, jobs, mean, std, n, protocol)
 
-    _print(summary)
+    if not quiet:
+        _print(summary)
     if write:
         summary.files = [
             io.write_text(sweep_dir / "summary.md", _markdown(summary)),
             io.write_text(sweep_dir / "summary.csv", _csv(summary)),
             _plot(summary, sweep_dir / "summary.png"),
         ]
-        print(f"wrote {', '.join(str(path) for path in summary.files)}")
+        if not quiet:
+            print(f"wrote {', '.join(str(path) for path in summary.files)}")
     return summary
 
 
@@ -252,7 +259,11 @@ def _plot(summary: Summary, path: Path) -> Path:
     matplotlib.use("Agg")  # headless machines
     import matplotlib.pyplot as plt
 
-    labels = [job.label if job.status == "finished" else f"{job.label}\n(failed)" for job in summary.jobs]
+    # An Optuna trial's label (every searched value in full) would not fit under its bar: the job's
+    # directory name does, and summary.csv pairs it with the label.
+    by_name = any(len(job.label) > MAX_TICK_LABEL for job in summary.jobs)
+    ticks = [job.name if by_name else job.label for job in summary.jobs]
+    labels = [tick if job.status == "finished" else f"{tick}\n(failed)" for tick, job in zip(ticks, summary.jobs)]
     x = np.arange(len(summary.jobs))
     figure, axes = plt.subplots(
         len(summary.metrics), 1, sharex=True, squeeze=False,
@@ -271,6 +282,8 @@ def _plot(summary: Summary, path: Path) -> Path:
         axis.set_ylabel(summary.header(metric))
         axis.grid(axis="y", alpha=0.3)
     axes[-1, 0].set_xticks(x, labels, rotation=30 if len(x) > 4 else 0, ha="right" if len(x) > 4 else "center")
+    if by_name:
+        axes[-1, 0].set_xlabel("job (its overrides: summary.csv)")
     figure.suptitle(f"{summary.sweep_dir.name}: {summary.protocol}", fontsize=9)
     figure.tight_layout()
     try:
