@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,25 @@ def write_noise_corpus(root: Path, actors=(1, 2, 3, 4), seed: int = 0, min_secon
         frames = int(rng.uniform(min_seconds, max_seconds) * RAVDESS_RATE)
         sf.write(folder / name, (rng.standard_normal(frames) * 0.1).astype(np.float32), RAVDESS_RATE, subtype="PCM_16")
     return root
+
+
+def tiny_run_overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
+    """``train.py`` overrides for seconds-long runs: the demo shrunk to the tiny encoder on a noise corpus
+    of 6 actors (speaker split, 2 validation and 2 test actors), CSV logger, no progress bar.
+    ``extra`` overrides come next and ``run_dir`` last, so a caller can swap it."""
+    encoder = json.dumps(TINY_ENCODER, separators=(",", ":")).replace('"', "")  # a Hydra dict literal
+    return [
+        "experiment=demo",
+        f"data.root={corpus}",
+        "data.synthesize_actors=null",
+        f"data.cache_dir={cache}",
+        "data.split=speaker",
+        "data.val_actors=2",
+        "data.test_actors=2",
+        "data.max_seconds=0.5",
+        f"model.encoder_config={encoder}",
+        "trainer.enable_progress_bar=false",
+        "logger=csv",
+        *extra,
+        f"run_dir={run_dir}",
+    ]

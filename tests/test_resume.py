@@ -18,7 +18,7 @@ import torch
 
 from ser.resume import ResumeError, resolve_checkpoint
 
-from .helpers import TINY_ENCODER, write_noise_corpus
+from .helpers import tiny_run_overrides, write_noise_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 BATCHES_PER_EPOCH = 6  # with accumulation 2: 3 optimizer steps per epoch, 6 in the run
@@ -30,31 +30,21 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
-    """Two short epochs of the tiny encoder, dropout and SpecAugment on, saving last.ckpt at every step."""
-    return [
-        "experiment=demo",
-        f"data.root={corpus}",
-        "data.synthesize_actors=null",
-        f"data.cache_dir={cache}",
-        "data.split=speaker",
-        "data.val_actors=2",
-        "data.test_actors=2",
+    """Two short epochs, dropout and SpecAugment on, accumulation 2, last.ckpt at every step."""
+    return tiny_run_overrides(
+        corpus, cache, run_dir,
         "data.batch_size=4",
-        "data.max_seconds=0.5",
-        "model.encoder_config=" + json.dumps({**TINY_ENCODER, "mask_time_prob": 0.2}, separators=(",", ":")).replace('"', ""),
+        "model.encoder_config.mask_time_prob=0.2",
         "trainer.max_epochs=2",
         f"trainer.limit_train_batches={BATCHES_PER_EPOCH}",
         "trainer.limit_val_batches=2",
         "trainer.accumulate_grad_batches=2",
         "trainer.deterministic=true",
-        "trainer.enable_progress_bar=false",
         "trainer.num_sanity_val_steps=0",
         "callbacks.checkpoint_every_n_steps=1",
         "test_after_fit=false",
-        "logger=csv",
         *extra,
-        f"run_dir={run_dir}",  # last, so a resume can replace it
-    ]
+    )
 
 
 def run(args: list[str], *flags: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,80 @@
+"""DDP on 2 CPU processes (gloo): the same result as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ser.data.batching import LengthBucketBatchSampler
+
+from .helpers import tiny_run_overrides, write_noise_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+NO_RANDOMNESS = [  # ranks draw their own dropout masks, so only a run without any can match exactly
+    "model.encoder_config.hidden_dropout=0.0",
+    "model.encoder_config.activation_dropout=0.0",
+    "model.encoder_config.attention_dropout=0.0",
+    "model.encoder_config.feat_proj_dropout=0.0",
+    "model.encoder_config.mask_time_prob=0.0",
+]
+
+
+def train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
+    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+    common = [
+        *NO_RANDOMNESS,
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.deterministic=true",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.accumulate_grad_batches=1",
+    ]
+    single = tiny_run_overrides(corpus, tmp_path / "cache", tmp_path / "single", *common, "trainer.devices=1", "data.batch_size=8")
+    ddp = tiny_run_overrides(
+        corpus, tmp_path / "cache", tmp_path / "ddp", *common, "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4"
+    )
+    first = train_py(single, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train_py(ddp, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "world_size: 2" in second.stderr or "distributed_backend=gloo" in second.stderr
+
+    one, two = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False) for run in ("single", "ddp"))
+    assert one["global_step"] == two["global_step"] == 8
+    for key, value in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+    # validation and test metrics are gathered from both ranks: the same clips, the same counts
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("single", "ddp")]
+    for key in ("val/acc", "val/uar", "val/f1", "test/acc", "test/uar", "test/f1"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-6), key
+
+    # rank 1 writes nothing into the run directory but its own process log
+    written = {p.relative_to(tmp_path / "ddp").as_posix() for p in (tmp_path / "ddp").rglob("*") if p.is_file()}
+    expected = {p.relative_to(tmp_path / "single").as_posix() for p in (tmp_path / "single").rglob("*") if p.is_file()}
+    assert written - expected <= {"train_ddp_process_1.log"}, written - expected
+    assert sum(1 for _ in (tmp_path / "ddp" / "csv").glob("*.csv")) == 1
+
+
+def test_ranks_split_each_global_batch_of_the_bucketed_sampler():
+    lengths = np.random.default_rng(0).integers(1000, 5000, size=50)
+    one = list(LengthBucketBatchSampler(lengths, batch_size=8, shuffle=True, seed=3))
+    shares = [list(LengthBucketBatchSampler(lengths, 4, shuffle=True, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == len(one)  # the same number of steps on every rank
+    for step, batch in enumerate(one):
+        assert sorted(shares[0][step] + shares[1][step]) == sorted(batch)
