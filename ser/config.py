@@ -83,10 +83,12 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     deterministic: bool = False
     log_every_n_steps: int = 10
-    val_check_interval: Optional[float] = None
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
-    limit_test_batches: Optional[float] = None
+    # Any, not float: Lightning reads an int as a number of batches and a float as a fraction, and
+    # a float field would turn limit_val_batches=1 into 1.0, all of them.
+    val_check_interval: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
     num_sanity_val_steps: int = 2
     fast_dev_run: bool = False
     enable_progress_bar: bool = True

@@ -66,6 +66,16 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> tuple[Path | Non
     return path, owner
 
 
+def checkpoint_of_requeued_job(run_dir: Path) -> Path | None:
+    """In a SLURM job that was requeued (preempted, or stopped at its time limit), the newest checkpoint
+    its earlier run left: ``last.ckpt`` (written on SIGTERM) or Lightning's ``hpc_ckpt_<n>.ckpt``
+    (written on the USR1 warning). Lightning itself looks for the latter only."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+        return None
+    candidates = [p for p in (run_dir / LAST_CHECKPOINT, *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file in the checkpoint's own directory, fsync, then rename.
 

@@ -28,7 +28,14 @@ from .data.datamodule import RavdessDataModule
 from .data.ravdess import EMOTIONS
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
-from .resume import LAST_CHECKPOINT, AtomicCheckpointIO, CheckpointOnSigterm, RandomState, resolve_checkpoint
+from .resume import (
+    LAST_CHECKPOINT,
+    AtomicCheckpointIO,
+    CheckpointOnSigterm,
+    RandomState,
+    checkpoint_of_requeued_job,
+    resolve_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 register_configs()  # train.py's @hydra.main composes against base_config
@@ -263,6 +270,7 @@ def train(cfg: DictConfig) -> dict:
     writing into the run directory it came from.
     """
     checkpoint, run_dir = resolve_checkpoint(cfg.ckpt_path, Path(cfg.run_dir))
+    checkpoint = checkpoint or checkpoint_of_requeued_job(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     if checkpoint is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ser.resume import ResumeError, resolve_checkpoint
+from ser.resume import ResumeError, checkpoint_of_requeued_job, resolve_checkpoint
 
 from .helpers import tiny_run_overrides, write_noise_corpus
 
@@ -136,6 +136,20 @@ def test_resolve_checkpoint(tmp_path):
     assert resolve_checkpoint(str(loose), tmp_path / "new") == (loose, tmp_path / "new")
     with pytest.raises(ResumeError, match="does not exist"):
         resolve_checkpoint(str(tmp_path / "nothing.ckpt"), run_dir)
+
+
+def test_a_requeued_slurm_job_resumes_from_its_newest_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "checkpoints").mkdir()
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert checkpoint_of_requeued_job(tmp_path) is None  # a first start never resumes by itself
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert checkpoint_of_requeued_job(tmp_path) == last
+    hpc.write_bytes(b"")
+    os.utime(last, (1, 1))
+    assert checkpoint_of_requeued_job(tmp_path) == hpc
+    assert checkpoint_of_requeued_job(tmp_path / "elsewhere") is None
 
 
 def test_ckpt_path_last_without_a_checkpoint_fails_in_one_line(tmp_path):
