@@ -1,4 +1,4 @@
-"""Builders of small RAVDESS-format corpora for the tests."""
+"""Builders of small RAVDESS-format corpora and of seconds-long training configs for the tests."""
 
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ def write_noise_corpus(root: Path, actors=(1, 2, 3, 4), seed: int = 0, min_secon
     return root
 
 
-def tiny_run_overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
+def tiny_run_overrides(corpus: Path, cache: Path, *extra: str, run_dir: Path | None = None) -> list[str]:
     """``train.py`` overrides for seconds-long runs: the demo shrunk to the tiny encoder on a noise corpus
     of 6 actors (speaker split, 2 validation and 2 test actors), CSV logger, no progress bar.
-    ``extra`` overrides come next and ``run_dir`` last, so a caller can swap it."""
+    ``extra`` overrides come next and ``run_dir`` (none in a multirun) last, so a caller can swap it."""
     encoder = json.dumps(TINY_ENCODER, separators=(",", ":")).replace('"', "")  # a Hydra dict literal
     return [
         "experiment=demo",
@@ -73,5 +73,5 @@ def tiny_run_overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) ->
         "trainer.enable_progress_bar=false",
         "logger=csv",
         *extra,
-        f"run_dir={run_dir}",
+        *([f"run_dir={run_dir}"] if run_dir else []),
     ]

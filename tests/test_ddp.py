@@ -44,9 +44,9 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
         "trainer.num_sanity_val_steps=0",
         "trainer.accumulate_grad_batches=1",
     ]
-    single = tiny_run_overrides(corpus, tmp_path / "cache", tmp_path / "single", *common, "trainer.devices=1", "data.batch_size=8")
+    single = tiny_run_overrides(corpus, tmp_path / "cache", *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single")
     ddp = tiny_run_overrides(
-        corpus, tmp_path / "cache", tmp_path / "ddp", *common, "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4"
+        corpus, tmp_path / "cache", *common, "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4", run_dir=tmp_path / "ddp"
     )
     first = train_py(single, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

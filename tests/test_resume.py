@@ -32,7 +32,7 @@ def corpus(tmp_path_factory) -> Path:
 def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
     """Two short epochs, dropout and SpecAugment on, accumulation 2, last.ckpt at every step."""
     return tiny_run_overrides(
-        corpus, cache, run_dir,
+        corpus, cache,
         "data.batch_size=4",
         "model.encoder_config.mask_time_prob=0.2",
         "trainer.max_epochs=2",
@@ -44,6 +44,7 @@ def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str
         "callbacks.checkpoint_every_n_steps=1",
         "test_after_fit=false",
         *extra,
+        run_dir=run_dir,
     )
 
 

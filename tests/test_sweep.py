@@ -28,7 +28,7 @@ from ser.cli import CONF_DIR
 from ser.config import register_configs
 from ser.sweep import ResumeOptunaStudy
 
-from .helpers import TINY_ENCODER, write_noise_corpus
+from .helpers import tiny_run_overrides, write_noise_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,25 +41,16 @@ def corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_overrides(corpus_dir, tmp_path) -> list[str]:
     """The demo experiment shrunk to seconds, for a multirun: every job writes into its own job directory."""
-    return [
-        "experiment=demo",
-        f"data.root={corpus_dir}",
-        "data.synthesize_actors=null",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.split=speaker",
-        "data.val_actors=2",
-        "data.test_actors=2",
+    return tiny_run_overrides(
+        corpus_dir,
+        tmp_path / "cache",
         "data.batch_size=8",
-        "data.max_seconds=0.5",
-        "model.encoder_config=" + json.dumps(TINY_ENCODER, separators=(",", ":")).replace('"', ""),
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=2",  # an integral float: a batch count (1 would read as 100%)
+        "trainer.limit_val_batches=2",
         "trainer.num_sanity_val_steps=0",
         "trainer.limit_test_batches=2",
-        "trainer.enable_progress_bar=false",
-        "logger=csv",
-    ]
+    )
 
 
 def _train_command(args: list[str]) -> tuple[list[str], dict]:

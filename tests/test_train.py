@@ -19,7 +19,7 @@ from ser.config import register_configs
 from ser.module import SERModule
 from ser.train import build_datamodule, build_logger, build_module, train
 
-from .helpers import TINY_ENCODER, write_noise_corpus
+from .helpers import TINY_ENCODER, tiny_run_overrides, write_noise_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,26 +38,16 @@ def corpus_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_overrides(corpus_dir, tmp_path) -> list[str]:
     """The demo experiment shrunk to seconds: tiny encoder, noise corpus, CSV logger, tmp_path everywhere."""
-    return [
-        "experiment=demo",
-        f"data.root={corpus_dir}",
-        "data.synthesize_actors=null",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.split=speaker",
-        "data.val_actors=2",
-        "data.test_actors=2",
+    return tiny_run_overrides(
+        corpus_dir,
+        tmp_path / "cache",
         "data.batch_size=8",
-        "data.max_seconds=0.5",
-        # a Hydra dict literal: JSON without quotes
-        "model.encoder_config=" + json.dumps(TINY_ENCODER, separators=(",", ":")).replace('"', ""),
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2",
         "trainer.limit_test_batches=2",
-        "trainer.enable_progress_bar=false",
-        "logger=csv",
-        f"run_dir={tmp_path / 'run'}",
-    ]
+        run_dir=tmp_path / "run",
+    )
 
 
 @pytest.fixture
