@@ -29,8 +29,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .models.encoder import EncoderError
     from .inference import PredictError
     from .resume import ResumeError
+    from .train import StrategyError
 
-    return (CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError, ResumeError)
+    return (
+        CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError,
+        ResumeError, StrategyError,
+    )
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -282,7 +283,7 @@ def train(cfg: DictConfig) -> dict:
     history = History()
     logger = build_logger(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history))
-    refuse_relaunch_inside_multirun(trainer)
+    refuse_unsupported_launchers(trainer)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -323,13 +324,27 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()
 
 
-def refuse_relaunch_inside_multirun(trainer: pl.Trainer) -> None:
-    """Lightning's DDP starts its other processes by running the command line again, and inside a
-    Hydra multirun that command is the whole sweep (Lightning PR 18175, Hydra issue 2070)."""
-    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-        return
-    if isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
-        raise ValueError(
+class StrategyError(ValueError):
+    """A distributed strategy this training loop cannot run under."""
+
+
+def refuse_unsupported_launchers(trainer: pl.Trainer) -> None:
+    """Refuse the ways Lightning starts DDP processes that break here, before any training.
+
+    ``ddp`` starts the other processes by running the command line again, and inside a Hydra
+    multirun that command is the whole sweep (Lightning PR 18175, Hydra issue 2070). The spawn and
+    fork strategies train in child processes whose History and confusion matrix never return to
+    this one, and spawn cannot pickle wav2vec 2.0's weight-normalised positional convolution.
+    """
+    launcher = trainer.strategy.launcher
+    if isinstance(launcher, _MultiProcessingLauncher):
+        raise StrategyError(
+            f"DDP with the {launcher._start_method!r} start method (trainer.strategy=ddp_spawn, ddp_fork, ddp_notebook) trains in "
+            "child processes whose results this run cannot collect: use trainer.strategy=ddp"
+        )
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and isinstance(launcher, _SubprocessScriptLauncher):
+        raise StrategyError(
             f"DDP over {trainer.num_devices} devices (trainer.strategy, trainer.devices) cannot run inside a Hydra multirun (-m): "
             "run each job on its own, or sweep with hydra/launcher=slurm, where SLURM starts the processes"
         )

@@ -78,3 +78,26 @@ def test_ranks_split_each_global_batch_of_the_bucketed_sampler():
     assert len(shares[0]) == len(shares[1]) == len(one)  # the same number of steps on every rank
     for step, batch in enumerate(one):
         assert sorted(shares[0][step] + shares[1][step]) == sorted(batch)
+
+
+def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
+    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+    sweep = tmp_path / "sweep"
+    args = tiny_run_overrides(corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
+    result = train_py(["-m", *args, "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert result.returncode != 0
+    assert "cannot run inside a Hydra multirun" in result.stderr
+    assert not list(sweep.glob("*/checkpoints"))  # refused before any job trained
+    assert all("cannot run inside a Hydra multirun" in (sweep / job / "train.log").read_text() for job in ("0", "1"))
+
+
+def test_spawned_ddp_is_refused_in_one_line(tmp_path):
+    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+    args = tiny_run_overrides(
+        corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn", run_dir=tmp_path / "run"
+    )
+    result = train_py(args, tmp_path)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: DDP with the 'spawn' start method") and "trainer.strategy=ddp" in last
+    assert "Traceback" not in result.stderr
