@@ -1,0 +1,654 @@
+"""Benchmark training: this project's loop against the original recipe, side by side, in one run.
+
+    python benchmarks/train.py [--encoder-config tiny|base|large] [--steps N] [--lr LR] [--root DIR]
+                               [--trim-db DB] [--profile] [--quick] [--output FILE]
+
+The original recipe is how the published model (ehcalabres/wav2vec2-lg-xlsr-en-speech-emotion-recognition)
+was trained: ``transformers.Trainer`` fine-tuning ``Wav2Vec2ForSequenceClassification``, the audio decoded
+and resampled inside ``datasets.map`` (normalised by ``Wav2Vec2FeatureExtractor``), a collator that pads
+every batch to its longest clip, and no length grouping. Three sides run, each in a process of its own
+(so that its peak memory is its own), one after the other, on the same corpus:
+
+- ``ser``: this project's training (``ser.train``'s build_module / build_datamodule / build_trainer):
+  the memory-mapped preparation cache and length-bucketed batches;
+- ``recipe``: the original recipe, reimplemented with ``transformers.Trainer``;
+- ``ser, trim_db``: ``ser`` again with ``data.trim_db`` (the silence around the speech cut in preparation).
+
+All three start from the same initial weights (checked by a fingerprint), train on the same split (the
+recipe's protocol: random stratified 80/20, seed 42) with the same batch size, gradient accumulation,
+optimizer (Adam 0.9 / 0.999 / 1e-8, no weight decay), learning rate with linear decay to zero, gradient
+clipping at norm 1 (the Trainer's default, which the recipe kept), precision and number of optimizer
+steps. Their final models are scored by the same code (``ser.evaluate``) on the same validation clips.
+
+Measured in the training loop (from its start to its last optimizer step; preparation and evaluation
+are outside): clips per second, the fraction of encoder frames that are padding, the fraction of the
+loop's time spent inside the training DataLoader's ``next()`` (both sides load in the training process,
+``num_workers=0``, the recipe's and the project's default), and the side's peak resident memory
+(its whole process) and, on CUDA, peak GPU memory. ``--profile`` adds a torch.profiler breakdown of
+a few steps of each side. Defaults: the demo's encoder (conf/model/tiny.yaml) on a synthetic 24-actor
+corpus; ``--encoder-config base`` and ``large`` (random weights) are for a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from report import BENCHMARKS_MD, ENCODER_CONFIGS, use_encoder, write_section
+
+SEED = 42
+SIDES = ("ser", "recipe", "ser-trim")
+# Ops listed per side by --profile
+PROFILE_TOP_OPS = 8
+
+
+# --- what every side shares ----------------------------------------------------------------------
+
+
+def compose_config(job: dict, trim_db: float | None):
+    """The project's config for this benchmark: the recipe's training settings on the job's encoder and corpus."""
+    from ser.cli import compose
+
+    overrides = [
+        "model=tiny",
+        f"data.root={job['root']}",
+        "data.synthesize_actors=null",
+        "data.download=false",
+        f"data.cache_dir={job['cache']}",
+        "data.split=random",
+        f"data.batch_size={job['batch_size']}",
+        f"data.trim_db={'null' if trim_db is None else trim_db}",
+        "optimizer=adam",
+        f"optimizer.lr={job['lr']}",
+        "scheduler=linear",
+        f"trainer.max_steps={job['steps']}",
+        "trainer.max_epochs=-1",
+        f"trainer.accumulate_grad_batches={job['accumulation']}",
+        f"trainer.precision={job['precision']}",
+        "trainer.gradient_clip_val=1.0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.limit_val_batches=0",  # validation runs after training, on the final model, outside the timing
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        f"run_dir={job['scratch']}/run",
+        f"seed={SEED}",
+    ]
+    cfg = compose(overrides)
+    use_encoder(cfg, job["encoder_config"])
+    return cfg
+
+
+def initial_module(job: dict, trim_db: float | None = None):
+    """The SERModule every side starts from: built after seeding, as ``ser.train.train`` builds it."""
+    import pytorch_lightning as pl
+
+    from ser.train import build_module
+
+    cfg = compose_config(job, trim_db)
+    pl.seed_everything(SEED, workers=True, verbose=False)
+    return cfg, build_module(cfg)
+
+
+def fingerprint(state_dict) -> str:
+    """A short digest of a state dict's tensors, to check that two sides start from the same weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def keys_digest(keys) -> str:
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:12]
+
+
+class LoopMeter:
+    """Wall time, clips, padding and data waiting of one training loop.
+
+    The loop runs from ``start()`` to ``stop()``. Every batch a DataLoader hands out meanwhile is seen by
+    ``fetched`` with the seconds its ``next()`` took; ``trained()`` counts the micro-batches trained on,
+    which are the first ones fetched (the loops prefetch one ahead, so one more may be fetched). Padding
+    is counted in encoder frames: ``frames_of(lengths (B,) samples) -> (B,) frames``.
+    """
+
+    def __init__(self, frames_of: Callable, lengths_of: Callable, steps: int, description: str, profile: LoopProfile | None = None):
+        self.frames_of = frames_of
+        self.profile = profile
+        self.lengths_of = lengths_of  # batch -> (lengths (B,) samples, padded length in samples)
+        self.steps = steps
+        self.description = description
+        self.running = False
+        self.batches: list[tuple[list[int], int, float]] = []  # (lengths, padded length, seconds in next())
+        self.micro_batches = 0
+        self.seconds = 0.0
+        self._progress = None
+
+    def start(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True, refresh_per_second=2,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(self.description, total=self.steps)
+        if self.profile is not None:
+            self.profile.start()
+        self.running = True
+        self._cpu_started = _cpu_seconds()
+        self._started = time.perf_counter()
+
+    def fetched(self, batch, seconds: float) -> None:
+        if self.running:
+            lengths, padded = self.lengths_of(batch)
+            self.batches.append(([int(n) for n in lengths], int(padded), seconds))
+
+    def trained(self) -> None:
+        self.micro_batches += 1
+
+    def optimizer_steps(self, done: int) -> None:
+        self._progress.update(self._task, completed=done)
+
+    def stop(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the last step's kernels belong to the loop
+        self.seconds = time.perf_counter() - self._started
+        self.cpu_share = (_cpu_seconds() - self._cpu_started) / (self.seconds * len(os.sched_getaffinity(0)))
+        self.running = False
+        if self.profile is not None:
+            self.profile_result = self.profile.stop(self.seconds)
+        self._progress.stop()
+
+    def result(self) -> dict:
+        import torch
+
+        used = self.batches[: self.micro_batches]
+        real = padded = 0
+        for lengths, padded_length, _ in used:
+            real += int(self.frames_of(torch.tensor(lengths)).sum())
+            padded += int(self.frames_of(torch.tensor([padded_length]))[0]) * len(lengths)
+        clips = sum(len(lengths) for lengths, _, _ in used)
+        wait = sum(seconds for _, _, seconds in self.batches)  # a prefetched, unused batch was waited for too
+        measured = {"profile": self.profile_result} if self.profile is not None else {}
+        return {
+            **measured,
+            "clips": clips,
+            "micro_batches": len(used),
+            "loop_seconds": self.seconds,
+            "clips_per_second": clips / self.seconds,
+            "padded_frames": 1 - real / padded,
+            "data_wait": wait / self.seconds,
+            "cpu_share": self.cpu_share,
+        }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process so far: next to wall time it shows whether other work took the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def timed_fetches(meter: LoopMeter):
+    """Time every DataLoader ``next()`` in this process, whichever framework calls it, for ``meter``.
+
+    Lightning and accelerate both iterate a plain ``torch.utils.data.DataLoader``, so timing its iterator
+    measures the two loops' data waiting with the same instrument.
+    """
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    original = _BaseDataLoaderIter.__next__
+
+    def timed_next(iterator):
+        start = time.perf_counter()
+        batch = original(iterator)
+        meter.fetched(batch, time.perf_counter() - start)
+        return batch
+
+    _BaseDataLoaderIter.__next__ = timed_next
+    try:
+        yield
+    finally:
+        _BaseDataLoaderIter.__next__ = original
+
+
+class LoopProfile:
+    """torch.profiler over a training loop, with the model's forward pass marked as a region.
+
+    The loop's time then splits into regions that do not overlap: waiting for data (torch marks every
+    DataLoader ``next()``), the forward pass (marked here, on the model given), the backward pass (the
+    autograd engine's nodes), and the rest (optimizer step, gradient clipping, the framework's own work).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._regions = []
+
+    def start(self) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self._profiler = profile(activities=activities)
+        self._hooks = [self.model.register_forward_pre_hook(self._enter), self.model.register_forward_hook(self._exit)]
+        self._profiler.start()
+
+    def _enter(self, module, args) -> None:
+        from torch.profiler import record_function
+
+        region = record_function("model forward")
+        region.__enter__()
+        self._regions.append(region)
+
+    def _exit(self, module, args, output) -> None:
+        self._regions.pop().__exit__(None, None, None)
+
+    def stop(self, wall: float) -> dict:
+        """Seconds per region and the ops that took the most time of their own."""
+        self._profiler.stop()
+        for hook in self._hooks:
+            hook.remove()
+        events = self._profiler.key_averages()
+
+        def total(prefix: str) -> float:
+            return sum(e.cpu_time_total for e in events if e.key.startswith(prefix)) / 1e6
+
+        regions = {
+            "waiting for data (DataLoader next)": total("enumerate(DataLoader)"),
+            "forward": total("model forward"),
+            "backward": total("autograd::engine::evaluate_function"),
+        }
+        regions["the rest: optimizer step, clipping, framework"] = wall - sum(regions.values())
+        marks = ("enumerate(DataLoader)", "model forward", "Optimizer.", "autograd::engine", "ProfilerStep")
+        ops = sorted((e for e in events if not e.key.startswith(marks)), key=lambda e: e.self_cpu_time_total, reverse=True)
+        top = [{"op": e.key, "self_seconds": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops[:PROFILE_TOP_OPS]]
+        return {"wall_seconds": wall, "regions": regions, "top": top}
+
+
+def peak_memory() -> dict:
+    import torch
+
+    memory = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        memory["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
+
+
+# --- the project's side ----------------------------------------------------------------------------
+
+
+def run_ser(job: dict, trim_db: float | None) -> dict:
+    """Train with this project's pieces; the final model goes to ``<scratch>/<side>.ckpt``."""
+    import pytorch_lightning as pl
+
+    from ser.train import build_datamodule, build_trainer
+
+    cfg, module = initial_module(job, trim_db)
+    result = {"initial_weights": fingerprint(module.state_dict()), "attention": module.model.encoder.config._attn_implementation}
+    datamodule = build_datamodule(cfg, Path(cfg.run_dir))
+    started = time.perf_counter()
+    datamodule.prepare_data()  # the cold preparation; fit's own call then finds the cache
+    result["prepare_seconds"] = time.perf_counter() - started
+    datamodule.setup("fit")
+    corpus, split = datamodule.corpus, datamodule.split
+    result["train_keys"] = keys_digest(corpus.clips[i]["key"] for i in split["train"])
+
+    encoder = module.model.encoder
+    meter = LoopMeter(
+        frames_of=encoder._get_feat_extract_output_lengths,
+        lengths_of=lambda batch: (batch["attention_mask"].sum(dim=1), batch["attention_mask"].shape[1]),
+        steps=job["steps"],
+        description=f"Training: {job['side']}",
+        profile=LoopProfile(module.model) if job["profile"] else None,
+    )
+
+    class Meter(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            meter.start()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            meter.trained()
+            meter.optimizer_steps(trainer.global_step)
+
+        def on_train_end(self, trainer, pl_module):
+            meter.stop()
+
+    # Given a ModelCheckpoint that keeps none, Lightning adds no default one writing checkpoints inside the loop.
+    keep_none = pl.callbacks.ModelCheckpoint(save_top_k=0, save_last=False)
+    trainer = build_trainer(cfg, Path(cfg.run_dir), logger=False, callbacks=[Meter(), keep_none])
+    with timed_fetches(meter):
+        trainer.fit(module, datamodule=datamodule)
+    result.update(meter.result(), optimizer_steps=trainer.global_step, **peak_memory())
+    checkpoint = Path(job["scratch"]) / f"{job['side']}.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    result["model"] = str(checkpoint)
+    return result
+
+
+# --- the original recipe ---------------------------------------------------------------------------
+
+
+def run_recipe(job: dict) -> dict:
+    """Train as the recipe did, with transformers.Trainer; the final model goes to ``<scratch>/recipe/``."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForAudioClassification, Trainer, TrainerCallback, TrainingArguments, Wav2Vec2FeatureExtractor
+
+    from ser.data import audio
+    from ser.data.prepare import prepare
+    from ser.data.ravdess import EMOTIONS
+    from ser.data.splits import make_split
+    from ser.models.classifier import hf_config, hf_state_dict
+    from ser.models.encoder import load_encoder_config, uses_group_norm
+
+    # The clip list and split only: the recipe decodes the files itself, in datasets.map.
+    cfg = compose_config(job, trim_db=None)
+    corpus = prepare(job["root"], job["cache"], progress=False)
+    split = make_split(corpus.clips, "random", SEED, test_size=cfg.data.test_size)
+    group_norm = uses_group_norm(load_encoder_config(cfg.model.encoder, cfg.model.encoder_config))
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
+        return_attention_mask=not group_norm,  # as transformers' own wav2vec2 extractors
+    )
+
+    def preprocess(batch: dict) -> dict:
+        # decoded and resampled as ser does (soundfile, torchaudio), normalised by the feature extractor
+        speech = [audio.load(path, normalize=False) for path in batch["path"]]
+        features = feature_extractor(speech, sampling_rate=16_000)
+        features["labels"] = batch["label"]
+        return features
+
+    files = {"path": [str(Path(job["root"]) / corpus.clips[i]["key"]) for i in split["train"]],
+             "label": [corpus.clips[i]["label"] for i in split["train"]]}
+    # Before the model is built: forking worker processes after torch has run its thread pool can deadlock.
+    started = time.perf_counter()
+    train_dataset = Dataset.from_dict(files).map(
+        preprocess, batched=True, batch_size=100, num_proc=min(4, len(os.sched_getaffinity(0))), remove_columns=["path", "label"]
+    )
+    prepare_seconds = time.perf_counter() - started
+
+    cfg, module = initial_module(job)
+    config = hf_config(module.model, id2label=dict(enumerate(EMOTIONS)))
+    model = AutoModelForAudioClassification.from_config(config)
+    model.load_state_dict(hf_state_dict(module.model))
+    if cfg.model.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    result = {
+        "initial_weights": fingerprint(module.state_dict()),
+        "attention": model.config._attn_implementation,
+        "prepare_seconds": prepare_seconds,
+        "train_keys": keys_digest(corpus.clips[i]["key"] for i in split["train"]),
+    }
+    del module
+
+    def pad_to_longest(features: list[dict]) -> dict:
+        """The recipe's collator, plus each clip's length for the meter (taken out before the model)."""
+        batch = feature_extractor.pad([{"input_values": f["input_values"]} for f in features], padding=True, return_tensors="pt")
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        batch["input_lengths"] = torch.tensor([len(f["input_values"]) for f in features])
+        return batch
+
+    meter = LoopMeter(
+        frames_of=model.wav2vec2._get_feat_extract_output_lengths,
+        lengths_of=lambda batch: (batch["input_lengths"], batch["input_values"].shape[1]),
+        steps=job["steps"],
+        description="Training: recipe",
+        profile=LoopProfile(model) if job["profile"] else None,
+    )
+
+    class Meter(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            meter.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.optimizer_steps(state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            meter.stop()
+
+    class MeteredTrainer(Trainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            inputs.pop("input_lengths")
+            meter.trained()
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    precision = job["precision"]
+    args = TrainingArguments(
+        output_dir=str(Path(job["scratch"]) / "recipe-trainer"),
+        per_device_train_batch_size=job["batch_size"],
+        gradient_accumulation_steps=job["accumulation"],
+        max_steps=job["steps"],
+        learning_rate=job["lr"],
+        optim="adamw_torch",  # with weight_decay 0 this is the recipe's Adam
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        fp16=precision == "16-mixed",
+        bf16=precision == "bf16-mixed",
+        train_sampling_strategy="random",  # no length grouping (group_by_length=False in the transformers of 2021)
+        dataloader_num_workers=0,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=SEED,
+    )
+    trainer = MeteredTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=pad_to_longest, callbacks=[Meter()])
+    with timed_fetches(meter):
+        trainer.train()
+    result.update(meter.result(), optimizer_steps=trainer.state.global_step, **peak_memory())
+    out = Path(job["scratch"]) / "recipe"
+    trainer.save_model(str(out))
+    feature_extractor.save_pretrained(out)
+    result["model"] = str(out)
+    return result
+
+
+# --- running the sides and reporting ---------------------------------------------------------------
+
+
+def run_side(side: str, job: dict) -> dict:
+    """One side, in this process."""
+    job = {**job, "side": side}
+    if side == "recipe":
+        return run_recipe(job)
+    return run_ser(job, trim_db=job["trim_db"] if side == "ser-trim" else None)
+
+
+def launch(side: str, job: dict, scratch: Path) -> dict:
+    """Run one side in a fresh process and return what it measured."""
+    job_file, result_file = scratch / f"{side}-job.json", scratch / f"{side}-result.json"
+    job_file.write_text(json.dumps(job))
+    command = [sys.executable, __file__, "--side", side, "--job", str(job_file), "--result", str(result_file)]
+    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if completed.returncode != 0:
+        raise SystemExit(f"error: the {side} side failed (exit status {completed.returncode}); its messages are above")
+    return json.loads(result_file.read_text())
+
+
+def validation_scores(job: dict, result: dict, trim_db: float | None) -> dict:
+    """WA and UA of a side's final model on the validation clips, scored by ser.evaluate's code."""
+    from ser.data.prepare import PrepareSettings, prepare
+    from ser.data.ravdess import EMOTIONS
+    from ser.data.splits import make_split
+    from ser.evaluate import compute_metrics, score_clips
+    from ser.inference import load_model
+
+    corpus = prepare(job["root"], job["cache"], PrepareSettings(trim_db=trim_db), progress=False)
+    val = make_split(corpus.clips, "random", SEED)["val"]
+    scorer = load_model(result["model"])
+    probabilities = score_clips(scorer, corpus, val, batch_size=job["batch_size"], progress=False)
+    true = [corpus.clips[i]["label"] for i in val]
+    metrics = compute_metrics(true, probabilities, list(EMOTIONS), stage="val")
+    return {"val_acc": metrics["val/acc"], "val_uar": metrics["val/uar"], "val_clips": len(val)}
+
+
+def side_names(job: dict) -> dict[str, str]:
+    return {"ser": "ser", "recipe": "recipe (`transformers.Trainer`)", "ser-trim": f"ser, `data.trim_db={job['trim_db']:g}`"}
+
+
+def table(results: dict[str, dict], names: dict[str, str]) -> str:
+    recipe = results["recipe"]
+    sides = list(results)
+    rows = [
+        ("training throughput (clips/s)", lambda r: f"{r['clips_per_second']:.2f}"),
+        ("throughput / recipe's", lambda r: f"{r['clips_per_second'] / recipe['clips_per_second']:.2f}x"),
+        ("padded encoder frames", lambda r: f"{r['padded_frames']:.1%}"),
+        ("loop time waiting for data", lambda r: f"{r['data_wait']:.1%}"),
+        ("peak memory, process RSS (MiB)", lambda r: f"{r['peak_rss_mib']:.0f}"),
+    ]
+    if "peak_gpu_mib" in recipe:
+        rows.append(("peak GPU memory (MiB)", lambda r: f"{r['peak_gpu_mib']:.0f}"))
+    rows += [
+        ("validation accuracy (WA)", lambda r: f"{r['val_acc']:.1%}"),
+        ("validation UA", lambda r: f"{r['val_uar']:.1%}"),
+        ("training loop (s)", lambda r: f"{r['loop_seconds']:.1f}"),
+        ("the loop's CPU time / (wall time x cores)", lambda r: f"{r['cpu_share']:.0%}"),
+        ("clips trained on", lambda r: str(r["clips"])),
+        ("preparation, cold (s)", lambda r: f"{r['prepare_seconds']:.1f}"),
+    ]
+    lines = ["| | " + " | ".join(names[s] for s in sides) + " |", "| --- |" + " --- |" * len(sides)]
+    lines += [f"| {label} | " + " | ".join(cell(results[s]) for s in sides) + " |" for label, cell in rows]
+    return "\n".join(lines)
+
+
+def verdicts(results: dict[str, dict]) -> str:
+    ser, recipe = results["ser"], results["recipe"]
+    lines = []
+    for side, label in (("ser", "ser"), ("ser-trim", "ser with trim_db")):
+        if side not in results:
+            continue
+        r = results[side]
+        ratio = r["clips_per_second"] / recipe["clips_per_second"]
+        accurate = r["val_acc"] >= recipe["val_acc"]
+        lines.append(
+            f"- {label}: throughput {ratio:.2f}x the recipe's (target 1.5x: {'met' if ratio >= 1.5 else 'missed'}), "
+            f"validation accuracy {r['val_acc']:.1%} against {recipe['val_acc']:.1%} ({'equal or better' if accurate else 'lower'}); "
+            f"padded frames {r['padded_frames']:.1%} (target under 5%: {'met' if r['padded_frames'] < 0.05 else 'missed'}), "
+            f"data waiting {r['data_wait']:.1%} (target under 5%: {'met' if r['data_wait'] < 0.05 else 'missed'})"
+        )
+    return "\n".join(lines)
+
+
+def profile_tables(results: dict[str, dict], names: dict[str, str]) -> str:
+    """Where each side's loop time went (regions), and the ops that took most of it."""
+    sides = [side for side in results if "profile" in results[side]]
+    profiles = {side: results[side]["profile"] for side in sides}
+    header = "| " + " | ".join(names[side] for side in sides) + " |"
+    lines = ["| where the loop's time went " + header, "| --- |" + " --- |" * len(sides)]
+    for region in profiles[sides[0]]["regions"]:
+        cells = [f"{p['regions'][region]:.1f} s ({p['regions'][region] / p['wall_seconds']:.0%})" for p in profiles.values()]
+        lines.append(f"| {region} | " + " | ".join(cells) + " |")
+    lines.append("| the whole loop | " + " | ".join(f"{p['wall_seconds']:.1f} s" for p in profiles.values()) + " |")
+    lines += ["", "Ops by their own time (without the ops they call), as a share of the loop:", "", "| | " + header[2:], "| --- |" + " --- |" * len(sides)]
+    for rank in range(PROFILE_TOP_OPS):
+        cells = []
+        for p in profiles.values():
+            op = p["top"][rank] if rank < len(p["top"]) else None
+            cells.append(f"`{op['op']}` {op['self_seconds'] / p['wall_seconds']:.0%}" if op else "")
+        lines.append(f"| {rank + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def synthetic_corpus(scratch: Path, actors: int) -> Path:
+    from ser.data.synth import synthesize_corpus
+
+    return synthesize_corpus(scratch / "ravdess-synth", actors=actors, seed=0)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder-config", default="tiny", choices=list(ENCODER_CONFIGS), help="encoder sizes (default: tiny, the demo's)")
+    parser.add_argument("--root", type=Path, help="a RAVDESS-format corpus (default: a fresh synthetic 24-actor corpus)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per side (default: 288, two epochs of the synthetic corpus)")
+    parser.add_argument("--batch-size", type=int, default=4, help="the recipe's: 4")
+    parser.add_argument("--accumulation", type=int, default=2, help="gradient accumulation, the recipe's: 2")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3: the demo's for an encoder trained from scratch)")
+    parser.add_argument("--precision", help="default: 16-mixed on CUDA (the recipe's fp16), 32-true on CPU")
+    parser.add_argument("--trim-db", type=float, default=-40.0, help="data.trim_db of the third side (default -40)")
+    parser.add_argument("--no-trim", action="store_true", help="leave out the trimmed side")
+    parser.add_argument("--profile", action="store_true", help="also profile each side with torch.profiler (a slower run)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 4 steps")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.side:
+        result = run_side(args.side, json.loads(args.job.read_text()))
+        args.result.write_text(json.dumps(result))
+        return
+
+    import torch
+
+    steps = args.steps or (4 if args.quick else 288)
+    precision = args.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+    with tempfile.TemporaryDirectory(prefix="ser-bench-train-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        root = args.root or synthetic_corpus(scratch, actors=2 if args.quick else 24)
+        job = {
+            "root": str(root), "cache": str(scratch / "cache"), "scratch": str(scratch), "encoder_config": args.encoder_config,
+            "steps": steps, "batch_size": args.batch_size, "accumulation": args.accumulation, "lr": args.lr,
+            "precision": precision, "trim_db": args.trim_db, "profile": args.profile,
+        }
+        sides = [s for s in SIDES if not (args.no_trim and s == "ser-trim")]
+        results = {side: launch(side, job, scratch) for side in sides}
+        for side, result in results.items():
+            result.update(validation_scores(job, result, args.trim_db if side == "ser-trim" else None))
+        cfg, module = initial_module(job)
+        parameters = sum(p.numel() for p in module.parameters())
+        corpus_clips = len(list(Path(root).glob("Actor_*/*.wav")))
+
+    for check in ("initial_weights", "train_keys"):
+        values = {r[check] for r in results.values()}
+        if len(values) != 1:
+            raise SystemExit(f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair")
+    steps_done = {r["optimizer_steps"] for r in results.values()}
+    recipe = results["recipe"]
+    names = side_names(job)
+    body = f"""`{command_line()}`: encoder `{args.encoder_config}` ({parameters / 1e6:.2f} M parameters, random initial weights, the same on every side: {recipe['initial_weights']}), {'synthetic corpus of' if args.root is None else f'{root},'} {corpus_clips} clips, random stratified 80/20 split (seed {SEED}; {recipe['val_clips']} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {', '.join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe['attention']}.
+
+{table(results, names)}
+
+{verdicts(results)}
+"""
+    if args.profile:
+        body += f"\nUnder torch.profiler (which slows every side):\n\n{profile_tables(results, names)}\n"
+    print(body)
+    print(f"written to {write_section('train profile' if args.profile else 'train', body, args.output)}")
+
+
+def command_line() -> str:
+    """This run's command, as it can be typed again (without --output)."""
+    given = sys.argv[1:]
+    if "--output" in given:
+        at = given.index("--output")
+        given = given[:at] + given[at + 2 :]
+    return shlex.join(["python", "benchmarks/train.py", *given])
+
+
+if __name__ == "__main__":
+    main()
