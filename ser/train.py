@@ -103,11 +103,12 @@ class History(pl.Callback):
         self.train, self.val = list(state_dict["train"]), list(state_dict["val"])
 
 
-def build_logger(cfg: DictConfig, run_dir: Path):
+def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False):
     """W&B (offline unless an account is configured), CSV, or none.
 
-    A W&B run's id is kept in ``run_dir/wandb_run_id``, so a run resumed in that directory goes on
-    logging into the same W&B run. Jobs of a Hydra multirun are grouped by their sweep directory.
+    A W&B run's id is kept in ``run_dir/wandb_run_id``, so a run resumed in that directory
+    (``resuming``) goes on logging into the same W&B run. Jobs of a Hydra multirun are grouped by
+    their sweep directory.
     """
     name = cfg.logger.name
     if name == "none":
@@ -135,16 +136,17 @@ def build_logger(cfg: DictConfig, run_dir: Path):
         tags=list(cfg.logger.tags),
         save_dir=str(run_dir),
         mode=mode,
-        id=wandb_run_id(run_dir),
+        id=wandb_run_id(run_dir, resuming),
         resume="allow",
         settings=wandb.Settings(init_timeout=60, silent=True),
     )
 
 
-def wandb_run_id(run_dir: Path) -> str:
-    """The W&B run id of this run directory: read back on resume, made and written on a fresh start."""
+def wandb_run_id(run_dir: Path, resuming: bool) -> str:
+    """The W&B run id of this run directory: read back on resume, made and written on a fresh start
+    (a fresh run in a reused directory is a new W&B run)."""
     id_file = run_dir / "wandb_run_id"
-    if id_file.is_file():
+    if resuming and id_file.is_file():
         return id_file.read_text().strip()
     run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
     if pl.utilities.rank_zero_only.rank == 0:
@@ -281,7 +283,7 @@ def train(cfg: DictConfig) -> dict:
     module = build_module(cfg)
     datamodule = build_datamodule(cfg, run_dir)
     history = History()
-    logger = build_logger(cfg, run_dir)
+    logger = build_logger(cfg, run_dir, resuming=checkpoint is not None)
     trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history))
     refuse_unsupported_launchers(trainer)
     if logger:

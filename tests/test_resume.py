@@ -161,3 +161,13 @@ def test_ckpt_path_last_without_a_checkpoint_fails_in_one_line(tmp_path):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ckpt_path=last") and "Traceback" not in result.stderr
+
+
+def test_only_a_resumed_run_continues_the_w_and_b_run_of_its_directory(tmp_path):
+    from ser.train import wandb_run_id
+
+    first = wandb_run_id(tmp_path, resuming=False)
+    assert (tmp_path / "wandb_run_id").read_text().strip() == first
+    assert wandb_run_id(tmp_path, resuming=True) == first
+    second = wandb_run_id(tmp_path, resuming=False)  # a fresh run in a reused directory
+    assert second != first and wandb_run_id(tmp_path, resuming=True) == second
