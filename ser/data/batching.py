@@ -160,7 +160,7 @@ class LengthBucketBatchSampler(Sampler[list]):
             self.epoch += 1  # a plain DataLoader loop still gets a new order every epoch
 
     def __len__(self) -> int:
-        return len(self._all_batches())  # exact under bucketing, drop_last and rank padding; cheap next to an epoch
+        return len(self._all_batches())  # exact under bucketing and drop_last; cheap next to an epoch
 
     def state_dict(self) -> dict:
         return {"epoch": self._iterating_epoch, "batches_done": self._yielded}
