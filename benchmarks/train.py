@@ -1,32 +1,38 @@
 """Benchmark training: this project's loop against the original recipe, side by side, in one run.
 
     python benchmarks/train.py [--encoder-config tiny|base|large] [--steps N] [--lr LR] [--root DIR]
-                               [--trim-db DB] [--profile] [--quick] [--output FILE]
+                               [--sides ser,recipe,...] [--trim-db DB] [--profile] [--quick] [--output FILE]
 
 The original recipe is how the published model (ehcalabres/wav2vec2-lg-xlsr-en-speech-emotion-recognition)
 was trained: ``transformers.Trainer`` fine-tuning ``Wav2Vec2ForSequenceClassification``, the audio decoded
 and resampled inside ``datasets.map`` (normalised by ``Wav2Vec2FeatureExtractor``), a collator that pads
-every batch to its longest clip, and no length grouping. Three sides run, each in a process of its own
-(so that its peak memory is its own), one after the other, on the same corpus:
+every batch to its longest clip, and no length grouping. The sides, each in a process of its own (so
+that its peak memory is its own), on the same corpus:
 
-- ``ser``: this project's training (``ser.train``'s build_module / build_datamodule / build_trainer):
-  the memory-mapped preparation cache and length-bucketed batches;
+- ``ser``: this project's training (``ser.train``'s build_module / build_datamodule / build_trainer),
+  with its memory-mapped preparation cache and length-bucketed batches;
 - ``recipe``: the original recipe, reimplemented with ``transformers.Trainer``;
-- ``ser, trim_db``: ``ser`` again with ``data.trim_db`` (the silence around the speech cut in preparation).
+- ``ser-trim``: ``ser`` with ``data.trim_db`` (the silence around the speech cut in preparation);
+- ``ser-no-onednn`` (not run by default): ``ser`` with torch's oneDNN convolutions switched off, which
+  the project does not do: what that change would give.
 
-All three start from the same initial weights (checked by a fingerprint), train on the same split (the
-recipe's protocol: random stratified 80/20, seed 42) with the same batch size, gradient accumulation,
-optimizer (Adam 0.9 / 0.999 / 1e-8, no weight decay), learning rate with linear decay to zero, gradient
-clipping at norm 1 (the Trainer's default, which the recipe kept), precision and number of optimizer
-steps. Their final models are scored by the same code (``ser.evaluate``) on the same validation clips.
+The sides take turns at the machine, a few optimizer steps each (see :class:`Turns`), so that none
+competes with another for the cores and a change of the machine's load during the run falls on all
+of them alike. All start from the same initial weights (checked by a fingerprint), train on the same
+split (the recipe's protocol: random stratified 80/20, seed 42) with the same batch size, gradient
+accumulation, optimizer (Adam 0.9 / 0.999 / 1e-8, no weight decay), learning rate with linear decay
+to zero, gradient clipping at norm 1 (the Trainer's default, which the recipe kept), precision and
+number of optimizer steps. Their final models are scored by the same code (``ser.evaluate``) on the
+same validation clips.
 
-Measured in the training loop (from its start to its last optimizer step; preparation and evaluation
-are outside): clips per second, the fraction of encoder frames that are padding, the fraction of the
-loop's time spent inside the training DataLoader's ``next()`` (both sides load in the training process,
-``num_workers=0``, the recipe's and the project's default), and the side's peak resident memory
-(its whole process) and, on CUDA, peak GPU memory. ``--profile`` adds a torch.profiler breakdown of
-a few steps of each side. Defaults: the demo's encoder (conf/model/tiny.yaml) on a synthetic 24-actor
-corpus; ``--encoder-config base`` and ``large`` (random weights) are for a GPU.
+Measured in the training loop (from its start to its last optimizer step, less the other sides'
+turns; preparation and evaluation are outside): clips per second, the fraction of encoder frames
+that are padding, the fraction of the loop's time spent inside the training DataLoader's ``next()``
+(both sides load in the training process, ``num_workers=0``, the recipe's and the project's
+default), the side's peak resident memory (its whole process) and, on CUDA, peak GPU memory.
+``--profile`` splits each loop's time into data, forward, backward and the rest with torch.profiler.
+Defaults: the demo's encoder (conf/model/tiny.yaml) on a synthetic 24-actor corpus, on CPU;
+``--encoder-config base`` and ``large`` (random weights) are for a GPU.
 """
 
 from __future__ import annotations
@@ -48,7 +54,9 @@ from pathlib import Path
 from report import BENCHMARKS_MD, ENCODER_CONFIGS, use_encoder, write_section
 
 SEED = 42
-SIDES = ("ser", "recipe", "ser-trim")
+SIDES = ("ser", "recipe", "ser-trim", "ser-no-onednn")
+DEFAULT_SIDES = "ser,recipe,ser-trim"
+SLICE_STEPS = 8  # optimizer steps a side trains in one turn
 # Ops listed per side by --profile
 PROFILE_TOP_OPS = 8
 
@@ -113,37 +121,49 @@ def keys_digest(keys) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:12]
 
 
+class Turns:
+    """The sides take turns at the machine: a side runs only from the orchestrator's go to its own next pause.
+
+    So no two sides ever compete for the cores, and a change in the machine's load over the run (other
+    work on a shared machine) falls on every side alike, slice by slice, instead of on whichever side
+    ran at the time. ``pause(steps_done)`` reports progress, waits for the next turn, and returns the
+    seconds waited, which the meter leaves out of the loop's time.
+    """
+
+    def __init__(self, control_fd: int, status_fd: int):
+        self._control = os.fdopen(control_fd, "r")
+        self._status = os.fdopen(status_fd, "w")
+
+    def pause(self, steps_done: int) -> float:
+        started = time.perf_counter()
+        self._status.write(f"{steps_done}\n")
+        self._status.flush()
+        self._control.readline()
+        return time.perf_counter() - started
+
+
 class LoopMeter:
-    """Wall time, clips, padding and data waiting of one training loop.
+    """Wall time, clips, padding and data waiting of one training loop, less the pauses between its turns.
 
     The loop runs from ``start()`` to ``stop()``. Every batch a DataLoader hands out meanwhile is seen by
     ``fetched`` with the seconds its ``next()`` took; ``trained()`` counts the micro-batches trained on,
     which are the first ones fetched (the loops prefetch one ahead, so one more may be fetched). Padding
-    is counted in encoder frames: ``frames_of(lengths (B,) samples) -> (B,) frames``.
+    is counted in encoder frames: ``frames_of(lengths (B,) samples) -> (B,) frames``. After every
+    ``SLICE_STEPS`` optimizer steps the side pauses for the others' turns.
     """
 
-    def __init__(self, frames_of: Callable, lengths_of: Callable, steps: int, description: str, profile: LoopProfile | None = None):
+    def __init__(self, frames_of: Callable, lengths_of: Callable, turns: Turns, profile: LoopProfile | None = None):
         self.frames_of = frames_of
-        self.profile = profile
         self.lengths_of = lengths_of  # batch -> (lengths (B,) samples, padded length in samples)
-        self.steps = steps
-        self.description = description
+        self.turns = turns
+        self.profile = profile
         self.running = False
         self.batches: list[tuple[list[int], int, float]] = []  # (lengths, padded length, seconds in next())
         self.micro_batches = 0
-        self.seconds = 0.0
-        self._progress = None
+        self.paused = 0.0
+        self._steps_done = 0
 
     def start(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True, refresh_per_second=2,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(self.description, total=self.steps)
         if self.profile is not None:
             self.profile.start()
         self.running = True
@@ -158,20 +178,20 @@ class LoopMeter:
     def trained(self) -> None:
         self.micro_batches += 1
 
-    def optimizer_steps(self, done: int) -> None:
-        self._progress.update(self._task, completed=done)
+    def optimizer_step_done(self, steps_done: int) -> None:
+        """Told after every micro-batch (Lightning) or optimizer step (Trainer) how many optimizer steps are done."""
+        if steps_done != self._steps_done and steps_done % SLICE_STEPS == 0:
+            _synchronize()  # this turn's kernels belong to this turn
+            self.paused += self.turns.pause(steps_done)
+        self._steps_done = steps_done
 
     def stop(self) -> None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # the last step's kernels belong to the loop
-        self.seconds = time.perf_counter() - self._started
+        _synchronize()  # the last step's kernels belong to the loop
+        self.seconds = time.perf_counter() - self._started - self.paused
         self.cpu_share = (_cpu_seconds() - self._cpu_started) / (self.seconds * len(os.sched_getaffinity(0)))
         self.running = False
         if self.profile is not None:
             self.profile_result = self.profile.stop(self.seconds)
-        self._progress.stop()
 
     def result(self) -> dict:
         import torch
@@ -194,6 +214,13 @@ class LoopMeter:
             "data_wait": wait / self.seconds,
             "cpu_share": self.cpu_share,
         }
+
+
+def _synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def _cpu_seconds() -> float:
@@ -291,14 +318,19 @@ def peak_memory() -> dict:
 # --- the project's side ----------------------------------------------------------------------------
 
 
-def run_ser(job: dict, trim_db: float | None) -> dict:
+def run_ser(job: dict, turns: Turns, trim_db: float | None) -> dict:
     """Train with this project's pieces; the final model goes to ``<scratch>/<side>.ckpt``."""
     import pytorch_lightning as pl
 
     from ser.train import build_datamodule, build_trainer
 
+    turns.pause(0)  # the first turn starts here, after the imports
     cfg, module = initial_module(job, trim_db)
-    result = {"initial_weights": fingerprint(module.state_dict()), "attention": module.model.encoder.config._attn_implementation}
+    result = {
+        "initial_weights": fingerprint(module.state_dict()),
+        "attention": module.model.encoder.config._attn_implementation,
+        "parameters": sum(p.numel() for p in module.parameters()),
+    }
     datamodule = build_datamodule(cfg, Path(cfg.run_dir))
     started = time.perf_counter()
     datamodule.prepare_data()  # the cold preparation; fit's own call then finds the cache
@@ -306,13 +338,13 @@ def run_ser(job: dict, trim_db: float | None) -> dict:
     datamodule.setup("fit")
     corpus, split = datamodule.corpus, datamodule.split
     result["train_keys"] = keys_digest(corpus.clips[i]["key"] for i in split["train"])
+    result["corpus_clips"] = len(corpus.clips)
 
     encoder = module.model.encoder
     meter = LoopMeter(
         frames_of=encoder._get_feat_extract_output_lengths,
         lengths_of=lambda batch: (batch["attention_mask"].sum(dim=1), batch["attention_mask"].shape[1]),
-        steps=job["steps"],
-        description=f"Training: {job['side']}",
+        turns=turns,
         profile=LoopProfile(module.model) if job["profile"] else None,
     )
 
@@ -322,7 +354,7 @@ def run_ser(job: dict, trim_db: float | None) -> dict:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             meter.trained()
-            meter.optimizer_steps(trainer.global_step)
+            meter.optimizer_step_done(trainer.global_step)
 
         def on_train_end(self, trainer, pl_module):
             meter.stop()
@@ -342,7 +374,7 @@ def run_ser(job: dict, trim_db: float | None) -> dict:
 # --- the original recipe ---------------------------------------------------------------------------
 
 
-def run_recipe(job: dict) -> dict:
+def run_recipe(job: dict, turns: Turns) -> dict:
     """Train as the recipe did, with transformers.Trainer; the final model goes to ``<scratch>/recipe/``."""
     import torch
     from datasets import Dataset
@@ -355,6 +387,7 @@ def run_recipe(job: dict) -> dict:
     from ser.models.classifier import hf_config, hf_state_dict
     from ser.models.encoder import load_encoder_config, uses_group_norm
 
+    turns.pause(0)  # the first turn starts here, after the imports
     # The clip list and split only: the recipe decodes the files itself, in datasets.map.
     cfg = compose_config(job, trim_db=None)
     corpus = prepare(job["root"], job["cache"], progress=False)
@@ -405,8 +438,7 @@ def run_recipe(job: dict) -> dict:
     meter = LoopMeter(
         frames_of=model.wav2vec2._get_feat_extract_output_lengths,
         lengths_of=lambda batch: (batch["input_lengths"], batch["input_values"].shape[1]),
-        steps=job["steps"],
-        description="Training: recipe",
+        turns=turns,
         profile=LoopProfile(model) if job["profile"] else None,
     )
 
@@ -415,7 +447,7 @@ def run_recipe(job: dict) -> dict:
             meter.start()
 
         def on_step_end(self, args, state, control, **kwargs):
-            meter.optimizer_steps(state.global_step)
+            meter.optimizer_step_done(state.global_step)
 
         def on_train_end(self, args, state, control, **kwargs):
             meter.stop()
@@ -466,36 +498,76 @@ def run_recipe(job: dict) -> dict:
 # --- running the sides and reporting ---------------------------------------------------------------
 
 
-def run_side(side: str, job: dict) -> dict:
+def run_side(side: str, job: dict, turns: Turns) -> dict:
     """One side, in this process."""
     job = {**job, "side": side}
     if side == "recipe":
-        return run_recipe(job)
-    return run_ser(job, trim_db=job["trim_db"] if side == "ser-trim" else None)
+        return run_recipe(job, turns)
+    if side == "ser-no-onednn":
+        import torch
+
+        # oneDNN builds its convolution kernels for each new input shape; clips of every length make
+        # every batch a new shape (see BENCHMARKS.md)
+        torch.backends.mkldnn.enabled = False
+    return run_ser(job, turns, trim_db=job["trim_db"] if side == "ser-trim" else None)
 
 
-def launch(side: str, job: dict, scratch: Path) -> dict:
-    """Run one side in a fresh process and return what it measured."""
-    job_file, result_file = scratch / f"{side}-job.json", scratch / f"{side}-result.json"
+def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str]) -> dict[str, dict]:
+    """Run every side in a process of its own, the sides taking turns (see :class:`Turns`); what each measured."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    job_file = scratch / "job.json"
     job_file.write_text(json.dumps(job))
-    command = [sys.executable, __file__, "--side", side, "--job", str(job_file), "--result", str(result_file)]
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
-    if completed.returncode != 0:
-        raise SystemExit(f"error: the {side} side failed (exit status {completed.returncode}); its messages are above")
-    return json.loads(result_file.read_text())
+    processes = {}
+    for side in sides:
+        control_read, control_write = os.pipe()
+        status_read, status_write = os.pipe()
+        command = [sys.executable, __file__, "--side", side, "--job", str(job_file), "--result", str(scratch / f"{side}.json"),
+                   "--control", str(control_read), "--status", str(status_write)]
+        process = subprocess.Popen(command, pass_fds=(control_read, status_write))
+        os.close(control_read)
+        os.close(status_write)
+        processes[side] = (process, os.fdopen(control_write, "w"), os.fdopen(status_read))
+
+    def report(side: str) -> int | None:
+        """Steps the side has done at its pause, or None when it has ended (having written its result)."""
+        process, _, status = processes[side]
+        line = status.readline()
+        if line:
+            return int(line)
+        if process.wait() != 0:
+            for other, _, _ in processes.values():
+                other.kill()
+            raise SystemExit(f"error: the {side} side failed (exit status {process.returncode}); its messages are above")
+        return None
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
+        tasks = {side: progress.add_task(f"Training: {names[side]}", total=job["steps"]) for side in sides}
+        running = [side for side in sides if report(side) is not None]  # each waits, imports done, for its first turn
+        while running:
+            for side in list(running):
+                control = processes[side][1]
+                control.write("go\n")
+                control.flush()
+                steps_done = report(side)
+                if steps_done is None:
+                    running.remove(side)
+                    steps_done = job["steps"]
+                progress.update(tasks[side], completed=steps_done)
+    return {side: json.loads((scratch / f"{side}.json").read_text()) for side in sides}
 
 
-def validation_scores(job: dict, result: dict, trim_db: float | None) -> dict:
-    """WA and UA of a side's final model on the validation clips, scored by ser.evaluate's code."""
+def validation_scores(job: dict, result: dict) -> dict:
+    """WA and UA of a side's final model on the validation clips (prepared as it expects), scored by ser.evaluate's code."""
     from ser.data.prepare import PrepareSettings, prepare
     from ser.data.ravdess import EMOTIONS
     from ser.data.splits import make_split
     from ser.evaluate import compute_metrics, score_clips
     from ser.inference import load_model
 
-    corpus = prepare(job["root"], job["cache"], PrepareSettings(trim_db=trim_db), progress=False)
-    val = make_split(corpus.clips, "random", SEED)["val"]
     scorer = load_model(result["model"])
+    corpus = prepare(job["root"], job["cache"], PrepareSettings(trim_db=scorer.trim_db), progress=False)
+    val = make_split(corpus.clips, "random", SEED)["val"]
     probabilities = score_clips(scorer, corpus, val, batch_size=job["batch_size"], progress=False)
     true = [corpus.clips[i]["label"] for i in val]
     metrics = compute_metrics(true, probabilities, list(EMOTIONS), stage="val")
@@ -503,7 +575,12 @@ def validation_scores(job: dict, result: dict, trim_db: float | None) -> dict:
 
 
 def side_names(job: dict) -> dict[str, str]:
-    return {"ser": "ser", "recipe": "recipe (`transformers.Trainer`)", "ser-trim": f"ser, `data.trim_db={job['trim_db']:g}`"}
+    return {
+        "ser": "ser",
+        "recipe": "recipe (`transformers.Trainer`)",
+        "ser-trim": f"ser, `data.trim_db={job['trim_db']:g}`",
+        "ser-no-onednn": "ser, oneDNN off",
+    }
 
 
 def table(results: dict[str, dict], names: dict[str, str]) -> str:
@@ -524,7 +601,7 @@ def table(results: dict[str, dict], names: dict[str, str]) -> str:
         ("training loop (s)", lambda r: f"{r['loop_seconds']:.1f}"),
         ("the loop's CPU time / (wall time x cores)", lambda r: f"{r['cpu_share']:.0%}"),
         ("clips trained on", lambda r: str(r["clips"])),
-        ("preparation, cold (s)", lambda r: f"{r['prepare_seconds']:.1f}"),
+        ("preparation (s), cold for the first side of its settings", lambda r: f"{r['prepare_seconds']:.1f}"),
     ]
     lines = ["| | " + " | ".join(names[s] for s in sides) + " |", "| --- |" + " --- |" * len(sides)]
     lines += [f"| {label} | " + " | ".join(cell(results[s]) for s in sides) + " |" for label, cell in rows]
@@ -532,9 +609,9 @@ def table(results: dict[str, dict], names: dict[str, str]) -> str:
 
 
 def verdicts(results: dict[str, dict]) -> str:
-    ser, recipe = results["ser"], results["recipe"]
+    recipe = results["recipe"]
     lines = []
-    for side, label in (("ser", "ser"), ("ser-trim", "ser with trim_db")):
+    for side, label in (("ser", "ser"), ("ser-trim", "ser with trim_db"), ("ser-no-onednn", "ser with oneDNN off")):
         if side not in results:
             continue
         r = results[side]
@@ -585,20 +662,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3: the demo's for an encoder trained from scratch)")
     parser.add_argument("--precision", help="default: 16-mixed on CUDA (the recipe's fp16), 32-true on CPU")
     parser.add_argument("--trim-db", type=float, default=-40.0, help="data.trim_db of the third side (default -40)")
-    parser.add_argument("--no-trim", action="store_true", help="leave out the trimmed side")
+    parser.add_argument(
+        "--sides", default=DEFAULT_SIDES,
+        help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-no-onednn is ser with torch's oneDNN convolutions off",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile each side with torch.profiler (a slower run)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 4 steps")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--control", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--status", type=int, help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     if args.side:
-        result = run_side(args.side, json.loads(args.job.read_text()))
+        result = run_side(args.side, json.loads(args.job.read_text()), Turns(args.control, args.status))
         args.result.write_text(json.dumps(result))
         return
 
@@ -614,22 +696,21 @@ def main() -> None:
             "steps": steps, "batch_size": args.batch_size, "accumulation": args.accumulation, "lr": args.lr,
             "precision": precision, "trim_db": args.trim_db, "profile": args.profile,
         }
-        sides = [s for s in SIDES if not (args.no_trim and s == "ser-trim")]
-        results = {side: launch(side, job, scratch) for side in sides}
+        sides = args.sides.split(",")
+        if "recipe" not in sides or "ser" not in sides or not set(sides) <= set(SIDES):
+            raise SystemExit(f"error: --sides {args.sides}: give ser, recipe and any of {', '.join(SIDES[2:])}")
+        names = side_names(job)
+        results = take_turns(sides, job, scratch, names)
         for side, result in results.items():
-            result.update(validation_scores(job, result, args.trim_db if side == "ser-trim" else None))
-        cfg, module = initial_module(job)
-        parameters = sum(p.numel() for p in module.parameters())
-        corpus_clips = len(list(Path(root).glob("Actor_*/*.wav")))
+            result.update(validation_scores(job, result))
 
     for check in ("initial_weights", "train_keys"):
         values = {r[check] for r in results.values()}
         if len(values) != 1:
             raise SystemExit(f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair")
     steps_done = {r["optimizer_steps"] for r in results.values()}
-    recipe = results["recipe"]
-    names = side_names(job)
-    body = f"""`{command_line()}`: encoder `{args.encoder_config}` ({parameters / 1e6:.2f} M parameters, random initial weights, the same on every side: {recipe['initial_weights']}), {'synthetic corpus of' if args.root is None else f'{root},'} {corpus_clips} clips, random stratified 80/20 split (seed {SEED}; {recipe['val_clips']} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {', '.join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe['attention']}.
+    recipe, ser = results["recipe"], results["ser"]
+    body = f"""`{command_line()}`: encoder `{args.encoder_config}` ({ser['parameters'] / 1e6:.2f} M parameters, random initial weights, the same on every side: {recipe['initial_weights']}), {'synthetic corpus of' if args.root is None else f'{root},'} {ser['corpus_clips']} clips, random stratified 80/20 split (seed {SEED}; {recipe['val_clips']} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {', '.join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe['attention']}.
 
 {table(results, names)}
 
