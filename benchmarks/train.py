@@ -138,7 +138,8 @@ class Turns:
         started = time.perf_counter()
         self._status.write(f"{steps_done}\n")
         self._status.flush()
-        self._control.readline()
+        if not self._control.readline():
+            raise SystemExit("error: the benchmark that started this side has ended")
         return time.perf_counter() - started
 
 
@@ -147,18 +148,19 @@ class LoopMeter:
 
     The loop runs from ``start()`` to ``stop()``. Every batch a DataLoader hands out meanwhile is seen by
     ``fetched`` with the seconds its ``next()`` took; ``trained()`` counts the micro-batches trained on,
-    which are the first ones fetched (the loops prefetch one ahead, so one more may be fetched). Padding
-    is counted in encoder frames: ``frames_of(lengths (B,) samples) -> (B,) frames``. After every
+    which are the first ones fetched (the loops prefetch one ahead, so one more may be fetched).
+    ``contents(batch) -> (lengths (B,) samples, padded length in samples, labels (B,))``. Padding is
+    counted in encoder frames: ``frames_of(lengths (B,) samples) -> (B,) frames``. After every
     ``SLICE_STEPS`` optimizer steps the side pauses for the others' turns.
     """
 
-    def __init__(self, frames_of: Callable, lengths_of: Callable, turns: Turns, profile: LoopProfile | None = None):
+    def __init__(self, frames_of: Callable, contents: Callable, turns: Turns, profile: LoopProfile | None = None):
         self.frames_of = frames_of
-        self.lengths_of = lengths_of  # batch -> (lengths (B,) samples, padded length in samples)
+        self.contents = contents
         self.turns = turns
         self.profile = profile
         self.running = False
-        self.batches: list[tuple[list[int], int, float]] = []  # (lengths, padded length, seconds in next())
+        self.batches: list[tuple[list[int], int, set[int], float]] = []  # lengths, padded length, labels, seconds in next()
         self.micro_batches = 0
         self.paused = 0.0
         self._steps_done = 0
@@ -172,8 +174,8 @@ class LoopMeter:
 
     def fetched(self, batch, seconds: float) -> None:
         if self.running:
-            lengths, padded = self.lengths_of(batch)
-            self.batches.append(([int(n) for n in lengths], int(padded), seconds))
+            lengths, padded, labels = self.contents(batch)
+            self.batches.append(([int(n) for n in lengths], int(padded), set(labels.tolist()), seconds))
 
     def trained(self) -> None:
         self.micro_batches += 1
@@ -198,11 +200,11 @@ class LoopMeter:
 
         used = self.batches[: self.micro_batches]
         real = padded = 0
-        for lengths, padded_length, _ in used:
+        for lengths, padded_length, _, _ in used:
             real += int(self.frames_of(torch.tensor(lengths)).sum())
             padded += int(self.frames_of(torch.tensor([padded_length]))[0]) * len(lengths)
-        clips = sum(len(lengths) for lengths, _, _ in used)
-        wait = sum(seconds for _, _, seconds in self.batches)  # a prefetched, unused batch was waited for too
+        clips = sum(len(lengths) for lengths, _, _, _ in used)
+        wait = sum(seconds for _, _, _, seconds in self.batches)  # a prefetched, unused batch was waited for too
         measured = {"profile": self.profile_result} if self.profile is not None else {}
         return {
             **measured,
@@ -212,6 +214,7 @@ class LoopMeter:
             "clips_per_second": clips / self.seconds,
             "padded_frames": 1 - real / padded,
             "data_wait": wait / self.seconds,
+            "emotions_per_batch": sum(len(labels) for _, _, labels, _ in used) / len(used),
             "cpu_share": self.cpu_share,
         }
 
@@ -343,7 +346,7 @@ def run_ser(job: dict, turns: Turns, trim_db: float | None) -> dict:
     encoder = module.model.encoder
     meter = LoopMeter(
         frames_of=encoder._get_feat_extract_output_lengths,
-        lengths_of=lambda batch: (batch["attention_mask"].sum(dim=1), batch["attention_mask"].shape[1]),
+        contents=lambda batch: (batch["attention_mask"].sum(dim=1), batch["attention_mask"].shape[1], batch["labels"]),
         turns=turns,
         profile=LoopProfile(module.model) if job["profile"] else None,
     )
@@ -437,7 +440,7 @@ def run_recipe(job: dict, turns: Turns) -> dict:
 
     meter = LoopMeter(
         frames_of=model.wav2vec2._get_feat_extract_output_lengths,
-        lengths_of=lambda batch: (batch["input_lengths"], batch["input_values"].shape[1]),
+        contents=lambda batch: (batch["input_lengths"], batch["input_values"].shape[1], batch["labels"]),
         turns=turns,
         profile=LoopProfile(model) if job["profile"] else None,
     )
@@ -591,6 +594,7 @@ def table(results: dict[str, dict], names: dict[str, str]) -> str:
         ("throughput / recipe's", lambda r: f"{r['clips_per_second'] / recipe['clips_per_second']:.2f}x"),
         ("padded encoder frames", lambda r: f"{r['padded_frames']:.1%}"),
         ("loop time waiting for data", lambda r: f"{r['data_wait']:.1%}"),
+        ("emotions per batch, mean", lambda r: f"{r['emotions_per_batch']:.2f}"),
         ("peak memory, process RSS (MiB)", lambda r: f"{r['peak_rss_mib']:.0f}"),
     ]
     if "peak_gpu_mib" in recipe:
