@@ -7,6 +7,8 @@ import importlib
 import os
 import platform
 import re
+import shlex
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -97,6 +99,15 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     versions = ", ".join(f"{name} {version}" for name in LIBRARIES if (version := _version(name)) is not None)
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, GPU: {gpu}; Python {platform.python_version()}, {versions}"
+
+
+def command_line(script: str) -> str:
+    """The command that ran ``benchmarks/<script>``, as it can be typed again (``--output`` left out)."""
+    given = sys.argv[1:]
+    if "--output" in given:
+        at = given.index("--output")
+        given = given[:at] + given[at + 2 :]
+    return shlex.join(["python", f"benchmarks/{script}", *given])
 
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> Path:

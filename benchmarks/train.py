@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from report import BENCHMARKS_MD, ENCODER_CONFIGS, use_encoder, write_section
+from report import BENCHMARKS_MD, ENCODER_CONFIGS, command_line, use_encoder, write_section
 
 SEED = 42
 SIDES = ("ser", "recipe", "ser-trim", "ser-no-onednn")
@@ -714,7 +713,7 @@ def main() -> None:
             raise SystemExit(f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair")
     steps_done = {r["optimizer_steps"] for r in results.values()}
     recipe, ser = results["recipe"], results["ser"]
-    body = f"""`{command_line()}`: encoder `{args.encoder_config}` ({ser['parameters'] / 1e6:.2f} M parameters, random initial weights, the same on every side: {recipe['initial_weights']}), {'synthetic corpus of' if args.root is None else f'{root},'} {ser['corpus_clips']} clips, random stratified 80/20 split (seed {SEED}; {recipe['val_clips']} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {', '.join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe['attention']}.
+    body = f"""`{command_line('train.py')}`: encoder `{args.encoder_config}` ({ser['parameters'] / 1e6:.2f} M parameters, random initial weights, the same on every side: {recipe['initial_weights']}), {'synthetic corpus of' if args.root is None else f'{root},'} {ser['corpus_clips']} clips, random stratified 80/20 split (seed {SEED}; {recipe['val_clips']} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {', '.join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe['attention']}.
 
 {table(results, names)}
 
@@ -724,15 +723,6 @@ def main() -> None:
         body += f"\nUnder torch.profiler (which slows every side):\n\n{profile_tables(results, names)}\n"
     print(body)
     print(f"written to {write_section('train profile' if args.profile else 'train', body, args.output)}")
-
-
-def command_line() -> str:
-    """This run's command, as it can be typed again (without --output)."""
-    given = sys.argv[1:]
-    if "--output" in given:
-        at = given.index("--output")
-        given = given[:at] + given[at + 2 :]
-    return shlex.join(["python", "benchmarks/train.py", *given])
 
 
 if __name__ == "__main__":
