@@ -55,6 +55,7 @@ from report import BENCHMARKS_MD, ENCODER_CONFIGS, command_line, use_encoder, wr
 SEED = 42
 SIDES = ("ser", "recipe", "ser-trim", "ser-no-onednn")
 DEFAULT_SIDES = "ser,recipe,ser-trim"
+VARIANT = "variant-"  # the sides of --variant are named variant-0, variant-1, ...
 SLICE_STEPS = 8  # optimizer steps a side trains in one turn
 # Ops listed per side by --profile
 PROFILE_TOP_OPS = 8
@@ -63,8 +64,11 @@ PROFILE_TOP_OPS = 8
 # --- what every side shares ----------------------------------------------------------------------
 
 
-def compose_config(job: dict, trim_db: float | None):
-    """The project's config for this benchmark: the recipe's training settings on the job's encoder and corpus."""
+def compose_config(job: dict, trim_db: float | None, variant: tuple[str, ...] = ()):
+    """The project's config for this benchmark: the recipe's training settings on the job's encoder and corpus.
+
+    ``variant``: more Hydra overrides, for a side that tries a setting the project does not use by default.
+    """
     from ser.cli import compose
 
     overrides = [
@@ -90,19 +94,20 @@ def compose_config(job: dict, trim_db: float | None):
         "logger=none",
         f"run_dir={job['scratch']}/run",
         f"seed={SEED}",
+        *variant,
     ]
     cfg = compose(overrides)
     use_encoder(cfg, job["encoder_config"])
     return cfg
 
 
-def initial_module(job: dict, trim_db: float | None = None):
+def initial_module(job: dict, trim_db: float | None = None, variant: tuple[str, ...] = ()):
     """The SERModule every side starts from: built after seeding, as ``ser.train.train`` builds it."""
     import pytorch_lightning as pl
 
     from ser.train import build_module
 
-    cfg = compose_config(job, trim_db)
+    cfg = compose_config(job, trim_db, variant)
     pl.seed_everything(SEED, workers=True, verbose=False)
     return cfg, build_module(cfg)
 
@@ -320,14 +325,14 @@ def peak_memory() -> dict:
 # --- the project's side ----------------------------------------------------------------------------
 
 
-def run_ser(job: dict, turns: Turns, trim_db: float | None) -> dict:
+def run_ser(job: dict, turns: Turns, trim_db: float | None, variant: tuple[str, ...] = ()) -> dict:
     """Train with this project's pieces; the final model goes to ``<scratch>/<side>.ckpt``."""
     import pytorch_lightning as pl
 
     from ser.train import build_datamodule, build_trainer
 
     turns.pause(0)  # the first turn starts here, after the imports
-    cfg, module = initial_module(job, trim_db)
+    cfg, module = initial_module(job, trim_db, variant)
     result = {
         "initial_weights": fingerprint(module.state_dict()),
         "attention": module.model.encoder.config._attn_implementation,
@@ -511,6 +516,8 @@ def run_side(side: str, job: dict, turns: Turns) -> dict:
         # oneDNN builds its convolution kernels for each new input shape; clips of every length make
         # every batch a new shape (see BENCHMARKS.md)
         torch.backends.mkldnn.enabled = False
+    if side.startswith(VARIANT):
+        return run_ser(job, turns, trim_db=None, variant=tuple(job["variants"][int(side[len(VARIANT):])].split()))
     return run_ser(job, turns, trim_db=job["trim_db"] if side == "ser-trim" else None)
 
 
@@ -582,6 +589,7 @@ def side_names(job: dict) -> dict[str, str]:
         "recipe": "recipe (`transformers.Trainer`)",
         "ser-trim": f"ser, `data.trim_db={job['trim_db']:g}`",
         "ser-no-onednn": "ser, oneDNN off",
+        **{f"{VARIANT}{i}": f"ser, `{overrides}`" for i, overrides in enumerate(job["variants"])},
     }
 
 
@@ -611,13 +619,13 @@ def table(results: dict[str, dict], names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(results: dict[str, dict]) -> str:
+def verdicts(results: dict[str, dict], names: dict[str, str]) -> str:
     recipe = results["recipe"]
     lines = []
-    for side, label in (("ser", "ser"), ("ser-trim", "ser with trim_db"), ("ser-no-onednn", "ser with oneDNN off")):
-        if side not in results:
+    for side, r in results.items():
+        if side == "recipe":
             continue
-        r = results[side]
+        label = names[side]
         ratio = r["clips_per_second"] / recipe["clips_per_second"]
         accurate = r["val_acc"] >= recipe["val_acc"]
         lines.append(
@@ -669,10 +677,14 @@ def parse_args() -> argparse.Namespace:
         "--sides", default=DEFAULT_SIDES,
         help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-no-onednn is ser with torch's oneDNN convolutions off",
     )
+    parser.add_argument(
+        "--variant", action="append", default=[], metavar="OVERRIDES",
+        help="one more ser side with these Hydra overrides (space-separated), e.g. 'data.bucket_batches=4'; repeatable",
+    )
     parser.add_argument("--profile", action="store_true", help="also profile each side with torch.profiler (a slower run)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 4 steps")
     parser.add_argument("--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)")
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--control", type=int, help=argparse.SUPPRESS)
@@ -697,11 +709,12 @@ def main() -> None:
         job = {
             "root": str(root), "cache": str(scratch / "cache"), "scratch": str(scratch), "encoder_config": args.encoder_config,
             "steps": steps, "batch_size": args.batch_size, "accumulation": args.accumulation, "lr": args.lr,
-            "precision": precision, "trim_db": args.trim_db, "profile": args.profile,
+            "precision": precision, "trim_db": args.trim_db, "profile": args.profile, "variants": args.variant,
         }
         sides = args.sides.split(",")
         if "recipe" not in sides or "ser" not in sides or not set(sides) <= set(SIDES):
             raise SystemExit(f"error: --sides {args.sides}: give ser, recipe and any of {', '.join(SIDES[2:])}")
+        sides += [f"{VARIANT}{i}" for i in range(len(args.variant))]
         names = side_names(job)
         results = take_turns(sides, job, scratch, names)
         for side, result in results.items():
@@ -717,7 +730,7 @@ def main() -> None:
 
 {table(results, names)}
 
-{verdicts(results)}
+{verdicts(results, names)}
 """
     if args.profile:
         body += f"\nUnder torch.profiler (which slows every side):\n\n{profile_tables(results, names)}\n"
