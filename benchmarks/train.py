@@ -1,7 +1,8 @@
 """Benchmark training: this project's loop against the original recipe, side by side, in one run.
 
     python benchmarks/train.py [--encoder-config tiny|base|large] [--steps N] [--lr LR] [--root DIR]
-                               [--sides ser,recipe,...] [--trim-db DB] [--profile] [--quick] [--output FILE]
+                               [--sides ser,recipe,...] [--trim-db DB] [--variant OVERRIDES]...
+                               [--profile] [--quick] [--output FILE]
 
 The original recipe is how the published model (ehcalabres/wav2vec2-lg-xlsr-en-speech-emotion-recognition)
 was trained: ``transformers.Trainer`` fine-tuning ``Wav2Vec2ForSequenceClassification``, the audio decoded
@@ -14,7 +15,8 @@ that its peak memory is its own), on the same corpus:
 - ``recipe``: the original recipe, reimplemented with ``transformers.Trainer``;
 - ``ser-trim``: ``ser`` with ``data.trim_db`` (the silence around the speech cut in preparation);
 - ``ser-no-onednn`` (not run by default): ``ser`` with torch's oneDNN convolutions switched off, which
-  the project does not do: what that change would give.
+  the project does not do: what that change would give;
+- ``--variant 'data.bucket_batches=4'``: ``ser`` with more Hydra overrides, another setting to try.
 
 The sides take turns at the machine, a few optimizer steps each (see :class:`Turns`), so that none
 competes with another for the cores and a change of the machine's load during the run falls on all
