@@ -58,6 +58,7 @@ SEED = 42
 SIDES = ("ser", "recipe", "ser-trim", "ser-no-onednn")
 DEFAULT_SIDES = "ser,recipe,ser-trim"
 VARIANT = "variant-"  # the sides of --variant are named variant-0, variant-1, ...
+NO_ONEDNN = "no-onednn"  # in a --variant: torch's oneDNN convolutions off, as in the ser-no-onednn side
 SLICE_STEPS = 8  # optimizer steps a side trains in one turn
 # Ops listed per side by --profile
 PROFILE_TOP_OPS = 8
@@ -512,14 +513,15 @@ def run_side(side: str, job: dict, turns: Turns) -> dict:
     job = {**job, "side": side}
     if side == "recipe":
         return run_recipe(job, turns)
-    if side == "ser-no-onednn":
+    variant = job["variants"][int(side[len(VARIANT):])].split() if side.startswith(VARIANT) else []
+    if side == "ser-no-onednn" or NO_ONEDNN in variant:
         import torch
 
         # oneDNN builds its convolution kernels for each new input shape; clips of every length make
         # every batch a new shape (see BENCHMARKS.md)
         torch.backends.mkldnn.enabled = False
     if side.startswith(VARIANT):
-        return run_ser(job, turns, trim_db=None, variant=tuple(job["variants"][int(side[len(VARIANT):])].split()))
+        return run_ser(job, turns, trim_db=None, variant=tuple(word for word in variant if word != NO_ONEDNN))
     return run_ser(job, turns, trim_db=job["trim_db"] if side == "ser-trim" else None)
 
 
@@ -681,7 +683,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--variant", action="append", default=[], metavar="OVERRIDES",
-        help="one more ser side with these Hydra overrides (space-separated), e.g. 'data.bucket_batches=4'; repeatable",
+        help=f"one more ser side with these Hydra overrides (space-separated), e.g. 'data.bucket_batches=4', and {NO_ONEDNN} "
+        "to switch oneDNN off too; repeatable",
     )
     parser.add_argument("--profile", action="store_true", help="also profile each side with torch.profiler (a slower run)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 4 steps")
