@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import resource
@@ -704,6 +705,9 @@ def main() -> None:
         args.result.write_text(json.dumps(result))
         return
 
+    missing = [name for name in ("datasets", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"error: the recipe's side needs {' and '.join(missing)}: install them with pip install -e '.[bench]'")
     import torch
 
     steps = args.steps or (4 if args.quick else 288)
