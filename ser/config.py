@@ -129,6 +129,10 @@ class Config:
     run_dir: str = "${hydra:runtime.output_dir}"
     ckpt_path: Optional[str] = None  # resume: "last" (this run directory's), a run directory, or a .ckpt file
     objective: str = "val/uar"  # returned to sweepers
+    # oneDNN's CPU convolutions while fitting. Off: they build kernels for every new input shape, and
+    # clips of every length make each batch one; on the tiny encoder that made training 2.2x slower
+    # (benchmarks/train.py, BENCHMARKS.md). Prediction keeps them, where they are faster.
+    cpu_onednn: bool = False
     test_after_fit: bool = True
 
 

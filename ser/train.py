@@ -248,6 +248,22 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
     )
 
 
+class CpuConvolutionKernels(pl.Callback):
+    """Switches torch's oneDNN (mkldnn) convolutions on or off while fitting on a CPU, and back after."""
+
+    def __init__(self, onednn: bool):
+        self.onednn = onednn
+        self._before: bool | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.strategy.root_device.type == "cpu":
+            self._before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, self.onednn
+
+    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self._before is not None:
+            torch.backends.mkldnn.enabled, self._before = self._before, None
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Trainer:
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     options["precision"] = resolve_precision(options["precision"], options["accelerator"])
@@ -256,7 +272,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Train
         **options,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=callbacks,
+        callbacks=[*callbacks, CpuConvolutionKernels(cfg.cpu_onednn)],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the length-bucketed sampler shares batches out by rank itself
     )
