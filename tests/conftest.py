@@ -27,3 +27,9 @@ def _offline(monkeypatch, tmp_path):
 @pytest.fixture
 def noise_corpus(tmp_path) -> Path:
     return write_noise_corpus(tmp_path / "ravdess")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A noise corpus of 6 actors for the tests that train (read only: runs cache it elsewhere)."""
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2, 3, 4, 5, 6))

@@ -18,15 +18,15 @@ import torch
 
 from ser.resume import ResumeError, checkpoint_of_requeued_job, resolve_checkpoint
 
-from .helpers import tiny_run_overrides, write_noise_corpus
+from .helpers import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 BATCHES_PER_EPOCH = 6  # with accumulation 2: 3 optimizer steps per epoch, 6 in the run
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+def corpus(corpus_dir) -> Path:
+    return corpus_dir
 
 
 def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -28,14 +28,9 @@ from ser.cli import CONF_DIR
 from ser.config import register_configs
 from ser.sweep import ResumeOptunaStudy
 
-from .helpers import tiny_run_overrides, write_noise_corpus
+from .helpers import tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory) -> Path:
-    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2, 3, 4, 5, 6))
 
 
 @pytest.fixture

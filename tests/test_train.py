@@ -19,7 +19,7 @@ from ser.config import register_configs
 from ser.module import SERModule
 from ser.train import build_datamodule, build_logger, build_module, train
 
-from .helpers import TINY_ENCODER, tiny_run_overrides, write_noise_corpus
+from .helpers import TINY_ENCODER, tiny_run_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,11 +28,6 @@ def compose_config(overrides: list[str]):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
-
-
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2, 3, 4, 5, 6))
 
 
 @pytest.fixture
