@@ -284,21 +284,21 @@ class SERModule(pl.LightningModule):
         LambdaLR would save an object's attributes, the trainer among them, into the checkpoint.
         """
         hp = self.hparams
+        decay = hp.scheduler == "linear"
         has_warmup = hp.warmup_steps > 0 or hp.warmup_ratio > 0
         steps: dict[str, int] = {}
 
         def factor(step: int) -> float:
             if step == 0:
                 return 0.0 if has_warmup else 1.0
-            if hp.scheduler == "constant" and not has_warmup:
-                return 1.0
             if not steps:
-                total = self.trainer.estimated_stepping_batches
+                # only linear decay and warmup_ratio need the total; configure_optimizers checked it is finite
+                total = self.trainer.estimated_stepping_batches if decay or hp.warmup_ratio > 0 else 0
                 if math.isinf(total):
                     raise ValueError(f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_steps")
                 steps["total"] = int(total)
                 steps["warmup"] = hp.warmup_steps if hp.warmup_steps > 0 else math.ceil(hp.warmup_ratio * int(total))
-            return _lr_factor(step, steps["warmup"], steps["total"], decay=hp.scheduler == "linear")
+            return _lr_factor(step, steps["warmup"], steps["total"], decay=decay)
 
         return factor
 
