@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from ser.data import audio
 from ser.data import prepare as prepare_module
 from ser.data.batching import ClipDataset, LengthBucketBatchSampler, collate, padding_fraction
 from ser.data.corpus import CorpusError
@@ -292,6 +293,35 @@ def test_manifest_lists_every_clip_by_stage(tmp_path):
     rows = path.read_text().splitlines()
     assert rows[0].startswith("stage,key,emotion,actor")
     assert len(rows) == 1 + len(clips)
+
+
+
+# --- trimming ------------------------------------------------------------------------------------
+
+
+def speech_in_noise(peak_above_noise_db: float, rate: int = 16_000) -> tuple[np.ndarray, slice]:
+    """1 s of room noise, 1.5 s of a tone ``peak_above_noise_db`` louder, 1 s of noise; and where the tone is."""
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(int(3.5 * rate)).astype(np.float32) * 1e-3
+    speech = slice(rate, int(2.5 * rate))
+    t = np.arange(speech.stop - speech.start) / rate
+    noise[speech] += (1e-3 * 10 ** (peak_above_noise_db / 20) * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    return noise, speech
+
+
+@pytest.mark.parametrize("peak_above_noise_db", [60.0, 38.0])  # loud speech; soft speech, nearer the floor than 40 dB
+def test_trimming_keeps_the_speech_and_a_margin_and_cuts_the_noise(peak_above_noise_db):
+    samples, speech = speech_in_noise(peak_above_noise_db)
+    start, end = audio.speech_bounds(samples, 16_000, threshold_db=-40.0, margin_seconds=0.1)
+    frame, margin = 320, 1600  # 20 ms, 0.1 s
+    assert speech.start - margin - frame <= start <= speech.start - margin + frame
+    assert speech.stop + margin - frame <= end <= speech.stop + margin + frame
+    np.testing.assert_array_equal(audio.trim_silence(samples, 16_000), samples[start:end])
+
+
+def test_trimming_leaves_a_clip_without_silence_whole():
+    tone = np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000).astype(np.float32)
+    assert audio.speech_bounds(tone, 16_000) == (0, 16_000)
 
 
 # --- batching ------------------------------------------------------------------------------------

@@ -65,21 +65,38 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     return audio, sample_rate
 
 
-def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0, margin_seconds: float = 0.1) -> np.ndarray:
-    """Cut leading and trailing silence from ``(T,)`` audio, keeping ``margin_seconds`` around the speech.
+def speech_bounds(
+    samples: np.ndarray,
+    sample_rate: int,
+    threshold_db: float = -40.0,
+    margin_seconds: float = 0.1,
+    above_floor_db: float = 10.0,
+) -> tuple[int, int]:
+    """Where the speech of ``(T,)`` audio starts and ends, ``margin_seconds`` included: sample indices ``(start, end)``.
 
-    Silence is every 20 ms frame whose energy is ``threshold_db`` or more below the loudest frame's.
-    RAVDESS clips carry about a second of it around the speech, which costs compute and teaches nothing.
+    Speech is every 20 ms frame whose energy is no more than ``-threshold_db`` dB below the loudest
+    frame's and at least ``above_floor_db`` above the noise floor (the quietest tenth of the frames).
+    The floor matters for soft speech: a sad or calm clip can peak less than 40 dB above the room
+    noise, and a threshold set from the peak alone then takes the noise for speech and trims nothing,
+    while loud clips of the same corpus lose all their silence.
     """
     frame = max(1, int(0.02 * sample_rate))
     usable = len(samples) // frame * frame
     if usable == 0:
-        return samples
-    energy = np.square(samples[:usable].reshape(-1, frame)).mean(axis=1)
-    loud = np.flatnonzero(10 * np.log10(energy + 1e-12) >= 10 * np.log10(energy.max() + 1e-12) + threshold_db)
+        return 0, len(samples)
+    energy_db = 10 * np.log10(np.square(samples[:usable].reshape(-1, frame)).mean(axis=1) + 1e-12)
+    threshold = max(energy_db.max() + threshold_db, np.percentile(energy_db, 10) + above_floor_db)
+    loud = np.flatnonzero(energy_db >= min(threshold, energy_db.max()))
     margin = int(margin_seconds * sample_rate)
-    start = max(0, loud[0] * frame - margin)
-    end = min(len(samples), (loud[-1] + 1) * frame + margin)
+    return max(0, loud[0] * frame - margin), min(len(samples), (loud[-1] + 1) * frame + margin)
+
+
+def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0, margin_seconds: float = 0.1) -> np.ndarray:
+    """``(T,)`` audio without its leading and trailing silence (see :func:`speech_bounds`).
+
+    RAVDESS clips carry about a second of silence around the speech, which costs compute and teaches nothing.
+    """
+    start, end = speech_bounds(samples, sample_rate, threshold_db, margin_seconds)
     return samples[start:end]
 
 

@@ -30,7 +30,7 @@ from ..io import write_json
 from .corpus import ArchiveSource, CorpusError, DirectorySource, SourceFile, open_source
 from .ravdess import parse_name
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: trim_silence keeps clear of the noise floor
 _AUDIO_FILE = "audio.f32"
 _INDEX_FILE = "clips.json"
 _REPORT_FILE = "report.json"
