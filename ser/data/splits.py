@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..io import write_text
 from .ravdess import EMOBOX_FOLDS
@@ -61,6 +60,10 @@ def make_split(
     if split == "random":
         labels = np.array([clip["label"] for clip in clips])
         try:
+            # scikit-learn's, as the recipe split; imported here, since it takes half a second (scipy)
+            # that a speaker or fold split need not wait for at the start of training
+            from sklearn.model_selection import train_test_split
+
             train, test = train_test_split(all_indices, test_size=test_size, random_state=seed, stratify=labels)
         except ValueError as error:
             raise SplitError(f"cannot stratify {len(clips)} clips by emotion ({error}); use a larger corpus") from None
