@@ -65,3 +65,13 @@ def test_predict_benchmark_writes_its_section(tmp_path):
         clips_per_second, speed_up = row(section, side)[:2]
         assert re.fullmatch(r"\d+(\.\d+)?", clips_per_second) and re.fullmatch(r"\d+(\.\d+)?x", speed_up)
     assert "target 2x" in section
+
+
+@pytest.mark.slow
+def test_start_benchmark_writes_its_section(tmp_path):
+    output = tmp_path / "BENCHMARKS.md"
+    section = run_benchmark("start.py", output)
+    seconds, since_launch = row(section, "first training batch in hand")
+    assert re.fullmatch(r"\d+\.\d\d", seconds) and re.fullmatch(r"\d+\.\d\d", since_launch)
+    assert "Warm-cache start of training (launch to the first training batch)" in section
+    assert re.search(r"\| worker 1 \| \d+ \| \d+ \|", section)  # two workers, their memory read
