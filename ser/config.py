@@ -133,6 +133,9 @@ class Config:
     # clips of every length make each batch one; on the tiny encoder that made training 2.2x slower
     # (benchmarks/train.py, BENCHMARKS.md). Prediction keeps them, where they are faster.
     cpu_onednn: bool = False
+    # torch.compile the encoder while fitting. Off: on 2 CPU cores the tiny encoder's compilation
+    # took longer than it saved (benchmarks/train.py --variant compile=true, BENCHMARKS.md).
+    compile: bool = False
     test_after_fit: bool = True
 
 

@@ -264,6 +264,28 @@ class CpuConvolutionKernels(pl.Callback):
             torch.backends.mkldnn.enabled, self._before = self._before, None
 
 
+class CompiledEncoder(pl.Callback):
+    """``torch.compile``s the encoder's forward while fitting, and gives the plain one back after.
+
+    Shapes are dynamic (every batch has its own length), so a new batch length does not recompile.
+    Only the forward is swapped, so parameter names, checkpoints and exports are those of the plain
+    encoder. wav2vec 2.0's SpecAugment draws its masks in numpy, which splits the compiled graph in two.
+    """
+
+    def __init__(self):
+        self._encoder = None
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            self._encoder = pl_module.model.encoder
+            self._encoder.forward = torch.compile(self._encoder.forward, dynamic=True)
+
+    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        if self._encoder is not None:
+            del self._encoder.forward  # the instance attribute; the class's forward shows again
+            self._encoder = None
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Trainer:
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     options["precision"] = resolve_precision(options["precision"], options["accelerator"])
@@ -272,7 +294,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Train
         **options,
         default_root_dir=str(run_dir),
         logger=logger,
-        callbacks=[*callbacks, CpuConvolutionKernels(cfg.cpu_onednn)],
+        callbacks=[*callbacks, CpuConvolutionKernels(cfg.cpu_onednn), *([CompiledEncoder()] if cfg.compile else [])],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the length-bucketed sampler shares batches out by rank itself
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
@@ -17,7 +19,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 from ser.cli import CONF_DIR
 from ser.config import register_configs
 from ser.module import SERModule
-from ser.train import build_datamodule, build_logger, build_module, train
+from ser.train import build_datamodule, build_logger, build_module, build_trainer, train
 
 from .helpers import TINY_ENCODER, tiny_run_overrides
 
@@ -144,6 +146,30 @@ def test_bf16_on_cpu_trains(tiny_cfg):
         tiny_cfg.test_after_fit = False
     metrics = train(tiny_cfg)
     assert "val/loss" in metrics and metrics["val/loss"] == metrics["val/loss"]  # finite, not NaN
+
+
+@pytest.mark.slow
+def test_compile_trains_a_compiled_encoder_and_saves_plain_names(tiny_cfg):
+    with open_dict(tiny_cfg):
+        tiny_cfg.compile = True
+        tiny_cfg.test_after_fit = False
+        tiny_cfg.trainer.limit_train_batches = 2
+        tiny_cfg.trainer.limit_val_batches = 0  # evaluation would compile the encoder a second time, in eval mode
+    module, datamodule = build_module(tiny_cfg), build_datamodule(tiny_cfg, Path(tiny_cfg.run_dir))
+    seen = {}
+
+    class Check(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.setdefault("compiled", "forward" in vars(pl_module.model.encoder))
+            seen.setdefault("loss", float(outputs["loss"]))
+
+    trainer = build_trainer(tiny_cfg, Path(tiny_cfg.run_dir), logger=None, callbacks=[Check()])
+    trainer.fit(module, datamodule=datamodule)
+    assert seen["compiled"] and math.isfinite(seen["loss"])
+    assert "forward" not in vars(module.model.encoder)  # the plain forward is back after fitting
+    trainer.save_checkpoint(Path(tiny_cfg.run_dir) / "compiled.ckpt")
+    saved = torch.load(Path(tiny_cfg.run_dir) / "compiled.ckpt", weights_only=False)["state_dict"]
+    assert set(saved) == set(build_module(tiny_cfg).state_dict())  # the names an uncompiled module loads
 
 
 @pytest.mark.slow
