@@ -182,7 +182,7 @@ def main() -> None:
 | --- | --- | --- |
 {chr(10).join(rows)}
 
-- Warm-cache start of training (launch to the first training batch): {start:.2f} s (target under 5 s: {'met' if start < 5 else 'missed'}).
+- Warm-cache start of training (launch to the first training batch): {start:.2f} s (target under 5 s: {'met' if start < 5 else 'missed'}); {median['imports']:.2f} s of it is the interpreter and the imports, {start - median['imports']:.2f} s the project's own start after them (config, model, trainer, corpus index and split, loaders).
 
 One epoch of the training loader ({memory['clips']} clips) with {len(memory['workers'])} worker processes; the cache's audio file is {memory['audio_file_mib']:.0f} MiB:
 
