@@ -269,11 +269,14 @@ class SERModule(pl.LightningModule):
         optimizer_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
         optimizer = optimizer_class(groups, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
 
-        needs_total = hp.scheduler == "linear" or hp.warmup_ratio > 0
-        if needs_total and self.trainer.max_steps == -1 and self.trainer.max_epochs == -1:
+        if self._schedule_needs_step_count() and self.trainer.max_steps == -1 and self.trainer.max_epochs == -1:
             raise ValueError(f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_epochs or trainer.max_steps")
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_function())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
+
+    def _schedule_needs_step_count(self) -> bool:
+        """Linear decay and ``warmup_ratio`` are fractions of the whole run; a constant schedule and ``warmup_steps`` are not."""
+        return self.hparams.scheduler == "linear" or self.hparams.warmup_ratio > 0
 
     def _lr_factor_function(self):
         """``step -> multiplier`` of the base learning rate, reading the number of steps when first needed.
@@ -286,15 +289,15 @@ class SERModule(pl.LightningModule):
         hp = self.hparams
         decay = hp.scheduler == "linear"
         has_warmup = hp.warmup_steps > 0 or hp.warmup_ratio > 0
+        needs_step_count = self._schedule_needs_step_count()
         steps: dict[str, int] = {}
 
         def factor(step: int) -> float:
             if step == 0:
                 return 0.0 if has_warmup else 1.0
             if not steps:
-                # only linear decay and warmup_ratio need the total; configure_optimizers checked it is finite
-                total = self.trainer.estimated_stepping_batches if decay or hp.warmup_ratio > 0 else 0
-                if math.isinf(total):
+                total = self.trainer.estimated_stepping_batches if needs_step_count else 0
+                if math.isinf(total):  # e.g. max_epochs with a loader of unknown length
                     raise ValueError(f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_steps")
                 steps["total"] = int(total)
                 steps["warmup"] = hp.warmup_steps if hp.warmup_steps > 0 else math.ceil(hp.warmup_ratio * int(total))
