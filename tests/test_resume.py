@@ -24,11 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 BATCHES_PER_EPOCH = 6  # with accumulation 2: 3 optimizer steps per epoch, 6 in the run
 
 
-@pytest.fixture(scope="module")
-def corpus(corpus_dir) -> Path:
-    return corpus_dir
-
-
 def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
     """Two short epochs, dropout and SpecAugment on, accumulation 2, last.ckpt at every step."""
     return tiny_run_overrides(
@@ -68,18 +63,18 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tmp_path_factory) -> Path:
+def reference(corpus_dir, tmp_path_factory) -> Path:
     """The same run, never interrupted."""
     base = tmp_path_factory.mktemp("reference")
-    result = run(overrides(corpus, base / "cache", base / "run"))
+    result = run(overrides(corpus_dir, base / "cache", base / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "run"
 
 
 @pytest.mark.slow
-def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus, reference, tmp_path):
+def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, reference, tmp_path):
     run_dir = tmp_path / "run"
-    args = overrides(corpus, tmp_path / "cache", run_dir, "logger=wandb", "callbacks.checkpoint_every_n_steps=null")
+    args = overrides(corpus_dir, tmp_path / "cache", run_dir, "logger=wandb", "callbacks.checkpoint_every_n_steps=null")
     # batch 3 opens the second accumulation window of epoch 0: the stop waits for batch 4
     stopped = run(args, "--at", "3", "--signal", str(int(signal.SIGTERM)))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
@@ -103,9 +98,9 @@ def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus, refer
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", ["between batches", "while writing a checkpoint"])
-def test_sigkill_resumes_from_the_last_whole_checkpoint(kill, corpus, reference, tmp_path):
+def test_sigkill_resumes_from_the_last_whole_checkpoint(kill, corpus_dir, reference, tmp_path):
     run_dir = tmp_path / "run"
-    args = overrides(corpus, tmp_path / "cache", run_dir)
+    args = overrides(corpus_dir, tmp_path / "cache", run_dir)
     # batch 5 opens epoch 0's last window (after 2 saves); the 3rd save comes at step 3, the end of epoch 0
     flags = ("--at", "5", "--signal", str(int(signal.SIGKILL))) if kill == "between batches" else ("--during-save", "3")
     killed = run(args, *flags)
