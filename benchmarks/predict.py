@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from report import BENCHMARKS_MD, ENCODER_CONFIGS, command_line, use_encoder, write_section
 
 BATCH_SIZE = 8  # ser predict's default
@@ -60,20 +59,22 @@ def train_checkpoint(root: Path, scratch: Path, encoder: str, steps: int) -> Pat
     from ser.cli import compose
     from ser.train import train
 
-    cfg = compose([
-        "experiment=demo",
-        f"data.root={root}",
-        "data.synthesize_actors=null",
-        f"data.cache_dir={scratch / 'cache'}",
-        "data.split=random",
-        f"trainer.max_steps={steps}",
-        "trainer.limit_val_batches=2",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.enable_progress_bar=false",
-        "test_after_fit=false",
-        "logger=csv",  # train() monitors the learning rate, which needs a logger
-        f"run_dir={scratch / 'run'}",
-    ])
+    cfg = compose(
+        [
+            "experiment=demo",
+            f"data.root={root}",
+            "data.synthesize_actors=null",
+            f"data.cache_dir={scratch / 'cache'}",
+            "data.split=random",
+            f"trainer.max_steps={steps}",
+            "trainer.limit_val_batches=2",
+            "trainer.num_sanity_val_steps=0",
+            "trainer.enable_progress_bar=false",
+            "test_after_fit=false",
+            "logger=csv",  # train() monitors the learning rate, which needs a logger
+            f"run_dir={scratch / 'run'}",
+        ]
+    )
     use_encoder(cfg, encoder)
     train(cfg)
     return scratch / "run" / "checkpoints" / "last.ckpt"
@@ -88,7 +89,9 @@ def decoded(paths: list[str]):
         yield {"raw": samples.mean(axis=1) if samples.ndim == 2 else samples, "sampling_rate": rate}
 
 
-def score_with_ser(model, paths: list[str], batch_size: int = BATCH_SIZE, onednn: bool = True) -> tuple[list[str], np.ndarray]:
+def score_with_ser(
+    model, paths: list[str], batch_size: int = BATCH_SIZE, onednn: bool = True
+) -> tuple[list[str], np.ndarray]:
     """Labels and probabilities (N, C) in the model's label order, from ``ser predict``'s Python side."""
     import torch
 
@@ -102,7 +105,9 @@ def score_with_ser(model, paths: list[str], batch_size: int = BATCH_SIZE, onednn
     return [p.label for p in predictions], np.array([list(p.probabilities.values()) for p in predictions])
 
 
-def score_with_pipeline(classifier, paths: list[str], labels: list[str], batch_size: int) -> tuple[list[str], np.ndarray]:
+def score_with_pipeline(
+    classifier, paths: list[str], labels: list[str], batch_size: int
+) -> tuple[list[str], np.ndarray]:
     """Labels and probabilities (N, C), in ``labels``' order, from ``transformers.pipeline``."""
     outputs = classifier(decoded(paths), top_k=None, batch_size=batch_size)
     top, probabilities = [], []
@@ -119,7 +124,9 @@ def stage_seconds(score, paths: list[str], stages: dict[str, tuple[str, str]]) -
     started = time.perf_counter()
     profiler.runcall(score, paths)
     total = time.perf_counter() - started
-    found = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, primitive calls, own time, cumulative time, callers)
+    found = pstats.Stats(
+        profiler
+    ).stats  # (file, line, function) -> (calls, primitive calls, own time, cumulative time, callers)
     seconds = {}
     for stage, (file_end, function) in stages.items():
         seconds[stage] = sum(
@@ -139,13 +146,22 @@ def stage_table(profiled: dict[str, tuple[float, dict[str, float]]]) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder-config", default="tiny", choices=list(ENCODER_CONFIGS), help="encoder sizes of the trained checkpoint (default: tiny)")
-    parser.add_argument("--checkpoint", type=Path, help="a ser checkpoint to export and score with (default: one trained here)")
+    parser.add_argument(
+        "--encoder-config",
+        default="tiny",
+        choices=list(ENCODER_CONFIGS),
+        help="encoder sizes of the trained checkpoint (default: tiny)",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="a ser checkpoint to export and score with (default: one trained here)"
+    )
     parser.add_argument("--files", type=int, help="files to score (default 480: 8 synthetic actors)")
     parser.add_argument("--repeats", type=int, help="timed runs per side (default 3)")
     parser.add_argument("--device", default="cpu", help="where both sides run the model (cpu, cuda)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 files, one timed run per side")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)")
+    parser.add_argument(
+        "--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)"
+    )
     return parser.parse_args()
 
 
@@ -183,8 +199,12 @@ def main() -> None:
         sides = {
             "ser predict": lambda files: score_with_ser(model, files),
             "pipeline(), batch 1": lambda files: score_with_pipeline(classifier, files, labels, batch_size=1),
-            f"pipeline(), batch {BATCH_SIZE}": lambda files: score_with_pipeline(classifier, files, labels, batch_size=BATCH_SIZE),
-            f"ser predict --batch-size {LARGE_BATCH_SIZE} (not the default)": lambda files: score_with_ser(model, files, LARGE_BATCH_SIZE),
+            f"pipeline(), batch {BATCH_SIZE}": lambda files: score_with_pipeline(
+                classifier, files, labels, batch_size=BATCH_SIZE
+            ),
+            f"ser predict --batch-size {LARGE_BATCH_SIZE} (not the default)": lambda files: score_with_ser(
+                model, files, LARGE_BATCH_SIZE
+            ),
             "ser predict, oneDNN off (not the default)": lambda files: score_with_ser(model, files, onednn=False),
         }
         for score in sides.values():  # the first calls of a model are slower
@@ -212,8 +232,12 @@ def main() -> None:
         )
     ratio = median[baseline] / median["ser predict"]
     ratio_batched = median[f"pipeline(), batch {BATCH_SIZE}"] / median["ser predict"]
-    source = f"`{args.checkpoint}`" if args.checkpoint else f"encoder `{args.encoder_config}` trained for {steps} steps by `ser.train`"
-    body = f"""`{command_line('predict.py')}`: {len(paths)} synthetic RAVDESS-format files (48 kHz WAV); the model: {source}, exported with `ser.export.export_hf`, loaded by both sides from that directory; device {args.device}. Median of {repeats} timed run(s) per side, the sides in turns, decoding included.
+    source = (
+        f"`{args.checkpoint}`"
+        if args.checkpoint
+        else f"encoder `{args.encoder_config}` trained for {steps} steps by `ser.train`"
+    )
+    body = f"""`{command_line("predict.py")}`: {len(paths)} synthetic RAVDESS-format files (48 kHz WAV); the model: {source}, exported with `ser.export.export_hf`, loaded by both sides from that directory; device {args.device}. Median of {repeats} timed run(s) per side, the sides in turns, decoding included.
 
 | side | clips/s | speed-up over pipeline(), batch 1 | seconds | same label as ser predict | max abs probability difference |
 | --- | --- | --- | --- | --- | --- |
@@ -221,7 +245,7 @@ def main() -> None:
 
 Loading the model: `ser.inference.load_model` {ser_load:.2f} s, `pipeline()` {pipeline_load:.2f} s.
 
-- `ser predict` is {ratio:.2f}x as fast as `pipeline()` at its default batch size (target 2x: {'met' if ratio >= 2 else 'missed'}), and {ratio_batched:.2f}x as fast as `pipeline()` in batches of {BATCH_SIZE}.
+- `ser predict` is {ratio:.2f}x as fast as `pipeline()` at its default batch size (target 2x: {"met" if ratio >= 2 else "missed"}), and {ratio_batched:.2f}x as fast as `pipeline()` in batches of {BATCH_SIZE}.
 
 Where the time goes, one more pass of each under cProfile (which slows Python code more than torch's):
 

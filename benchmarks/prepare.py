@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from report import write_section
+
 from ser.data.batching import LengthBucketBatchSampler, padding_fraction
 from ser.data.prepare import prepare
 
@@ -53,7 +53,15 @@ def main() -> None:
         assert warm.path == corpus.path
 
         # the same through the command line, start-up of the `ser` process included
-        command = [sys.executable, "-m", "ser.cli", "-q", "prepare", f"data.root={root}", f"data.cache_dir={Path(scratch) / 'cli-cache'}"]
+        command = [
+            sys.executable,
+            "-m",
+            "ser.cli",
+            "-q",
+            "prepare",
+            f"data.root={root}",
+            f"data.cache_dir={Path(scratch) / 'cli-cache'}",
+        ]
         command_times = []
         for _ in range(2):
             start = time.perf_counter()
@@ -63,13 +71,15 @@ def main() -> None:
         lengths = corpus.lengths()
         rows = []
         for batch_size in (4, 8, 16):
-            bucketed = padding_fraction(lengths, list(LengthBucketBatchSampler(lengths, batch_size, shuffle=True, seed=0)))
+            bucketed = padding_fraction(
+                lengths, list(LengthBucketBatchSampler(lengths, batch_size, shuffle=True, seed=0))
+            )
             order = np.random.default_rng(0).permutation(len(lengths))
             random = padding_fraction(lengths, [order[i : i + batch_size] for i in range(0, len(order), batch_size)])
             rows.append(f"| {batch_size} | {random:.1%} | {bucketed:.1%} |")
 
     summary = corpus.summary()
-    body = f"""`python benchmarks/prepare.py` on {summary['clips']} clips ({summary['hours']:.2f} h of audio, {len(summary['actors'])} actors), {'synthetic corpus' if args.root is None else args.root}.
+    body = f"""`python benchmarks/prepare.py` on {summary["clips"]} clips ({summary["hours"]:.2f} h of audio, {len(summary["actors"])} actors), {"synthetic corpus" if args.root is None else args.root}.
 
 | step | seconds |
 | --- | --- |

@@ -112,7 +112,7 @@ def command_line(script: str) -> str:
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> Path:
     """Replace (or append) the section ``## name`` of the benchmarks file ``path``, atomically."""
-    from ser.io import write_text
+    from ser.atomic import write_text
 
     path = Path(path)
     text = path.read_text() if path.is_file() else HEADER

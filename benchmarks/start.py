@@ -111,13 +111,15 @@ def workers_child(job: dict) -> dict:
     workers = []
     for worker in psutil.Process().children():
         maps = worker.memory_maps(grouped=True)
-        workers.append({
-            # the cache's pages this worker has mapped: the kernel's page cache, the same pages for every process
-            "audio_mib": sum(m.rss for m in maps if m.path == audio_file) / 2**20,
-            # pages no other process maps (USS), less the cache's: the worker's own heap, stacks and the pages
-            # it copied on write from the parent; a copy of the corpus would be here
-            "own_mib": sum(m.private_clean + m.private_dirty for m in maps if m.path != audio_file) / 2**20,
-        })
+        workers.append(
+            {
+                # the cache's pages this worker has mapped: the kernel's page cache, the same pages for every process
+                "audio_mib": sum(m.rss for m in maps if m.path == audio_file) / 2**20,
+                # pages no other process maps (USS), less the cache's: the worker's own heap, stacks and the pages
+                # it copied on write from the parent; a copy of the corpus would be here
+                "own_mib": sum(m.private_clean + m.private_dirty for m in maps if m.path != audio_file) / 2**20,
+            }
+        )
     return {"clips": clips, "audio_file_mib": Path(audio_file).stat().st_size / 2**20, "workers": workers}
 
 
@@ -125,7 +127,8 @@ def run_child(mode: str, job: dict) -> dict:
     launched = time.time()
     result = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--job", json.dumps(job), "--launched", repr(launched)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise SystemExit(f"error: the {mode} process failed:\n{result.stderr[-3000:]}")
@@ -134,11 +137,15 @@ def run_child(mode: str, job: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, help="a RAVDESS-format corpus (default: a fresh synthetic 24-actor corpus)")
+    parser.add_argument(
+        "--root", type=Path, help="a RAVDESS-format corpus (default: a fresh synthetic 24-actor corpus)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="launches timed; the median is reported (default 5)")
     parser.add_argument("--workers", type=int, default=2, help="dataloader workers for the memory check (default 2)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 1 launch")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)")
+    parser.add_argument(
+        "--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)"
+    )
     parser.add_argument("--child", choices=("start", "workers"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
@@ -160,8 +167,13 @@ def main() -> None:
         from ser.data.prepare import prepare
 
         corpus = prepare(root, scratch / "cache", progress=False)  # from here on the cache is warm
-        job = {"root": str(root), "cache": str(scratch / "cache"), "run_dir": str(scratch / "run"), "workers": args.workers,
-               "extra": ["data.split=random"] if args.quick else []}  # two actors are too few for the demo's fold
+        job = {
+            "root": str(root),
+            "cache": str(scratch / "cache"),
+            "run_dir": str(scratch / "run"),
+            "workers": args.workers,
+            "extra": ["data.split=random"] if args.quick else [],
+        }  # two actors are too few for the demo's fold
         launches = [run_child("start", job) for _ in range(repeats)]
         memory = run_child("workers", job)
 
@@ -171,26 +183,27 @@ def main() -> None:
         rows.append(f"| {label} | {median[key] - previous:.2f} | {median[key]:.2f} |")
         previous = median[key]
     worker_rows = [
-        f"| worker {i} | {worker['audio_mib']:.0f} | {worker['own_mib']:.0f} |" for i, worker in enumerate(memory["workers"])
+        f"| worker {i} | {worker['audio_mib']:.0f} | {worker['own_mib']:.0f} |"
+        for i, worker in enumerate(memory["workers"])
     ]
     largest = max(worker["own_mib"] for worker in memory["workers"])
     summary = corpus.summary()
     start = median["first_batch"]
-    body = f"""`{command_line('start.py')}`: the demo's training (`experiment=demo`) on {summary['clips']} clips ({summary['hours']:.2f} h of audio, {'synthetic corpus' if args.root is None else args.root}), warm cache, median of {repeats} launch(es), seconds from the launch of the process.
+    body = f"""`{command_line("start.py")}`: the demo's training (`experiment=demo`) on {summary["clips"]} clips ({summary["hours"]:.2f} h of audio, {"synthetic corpus" if args.root is None else args.root}), warm cache, median of {repeats} launch(es), seconds from the launch of the process.
 
 | phase | seconds | since launch |
 | --- | --- | --- |
 {chr(10).join(rows)}
 
-- Warm-cache start of training (launch to the first training batch): {start:.2f} s (target under 5 s: {'met' if start < 5 else 'missed'}); {median['imports']:.2f} s of it is the interpreter and the imports, {start - median['imports']:.2f} s the project's own start after them (config, model, trainer, corpus index and split, loaders).
+- Warm-cache start of training (launch to the first training batch): {start:.2f} s (target under 5 s: {"met" if start < 5 else "missed"}); {median["imports"]:.2f} s of it is the interpreter and the imports, {start - median["imports"]:.2f} s the project's own start after them (config, model, trainer, corpus index and split, loaders).
 
-One epoch of the training loader ({memory['clips']} clips) with {len(memory['workers'])} worker processes; the cache's audio file is {memory['audio_file_mib']:.0f} MiB:
+One epoch of the training loader ({memory["clips"]} clips) with {len(memory["workers"])} worker processes; the cache's audio file is {memory["audio_file_mib"]:.0f} MiB:
 
 | process | the cache's audio mapped, file-backed (MiB) | its own memory: unique pages less the cache's (MiB) |
 | --- | --- | --- |
 {chr(10).join(worker_rows)}
 
-- The audio a worker has read stays in the kernel's page cache, mapped by whichever workers read it; each worker's own memory (pages no other process maps, less the cache's: heap, stacks, pages copied on write) is at most {largest:.0f} MiB against {memory['audio_file_mib']:.0f} MiB of audio: {'no worker holds a copy of the corpus' if largest < memory['audio_file_mib'] else 'a worker may hold a copy of the corpus'}.
+- The audio a worker has read stays in the kernel's page cache, mapped by whichever workers read it; each worker's own memory (pages no other process maps, less the cache's: heap, stacks, pages copied on write) is at most {largest:.0f} MiB against {memory["audio_file_mib"]:.0f} MiB of audio: {"no worker holds a copy of the corpus" if largest < memory["audio_file_mib"] else "a worker may hold a copy of the corpus"}.
 """
     print(body)
     print(f"written to {write_section('start', body, args.output)}")

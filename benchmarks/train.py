@@ -173,7 +173,9 @@ class LoopMeter:
         self.turns = turns
         self.profile = profile
         self.running = False
-        self.batches: list[tuple[list[int], int, set[int], float]] = []  # lengths, padded length, labels, seconds in next()
+        self.batches: list[
+            tuple[list[int], int, set[int], float]
+        ] = []  # lengths, padded length, labels, seconds in next()
         self.micro_batches = 0
         self.paused = 0.0
         self._steps_done = 0
@@ -317,8 +319,12 @@ class LoopProfile:
         }
         regions["the rest: optimizer step, clipping, framework"] = wall - sum(regions.values())
         marks = ("enumerate(DataLoader)", "model forward", "Optimizer.", "autograd::engine", "ProfilerStep")
-        ops = sorted((e for e in events if not e.key.startswith(marks)), key=lambda e: e.self_cpu_time_total, reverse=True)
-        top = [{"op": e.key, "self_seconds": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops[:PROFILE_TOP_OPS]]
+        ops = sorted(
+            (e for e in events if not e.key.startswith(marks)), key=lambda e: e.self_cpu_time_total, reverse=True
+        )
+        top = [
+            {"op": e.key, "self_seconds": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops[:PROFILE_TOP_OPS]
+        ]
         return {"wall_seconds": wall, "regions": regions, "top": top}
 
 
@@ -394,7 +400,13 @@ def run_recipe(job: dict, turns: Turns) -> dict:
     """Train as the recipe did, with transformers.Trainer; the final model goes to ``<scratch>/recipe/``."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForAudioClassification, Trainer, TrainerCallback, TrainingArguments, Wav2Vec2FeatureExtractor
+    from transformers import (
+        AutoModelForAudioClassification,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        Wav2Vec2FeatureExtractor,
+    )
 
     from ser.data import audio
     from ser.data.prepare import prepare
@@ -410,7 +422,10 @@ def run_recipe(job: dict, turns: Turns) -> dict:
     split = make_split(corpus.clips, "random", job["seed"], test_size=cfg.data.test_size)
     group_norm = uses_group_norm(load_encoder_config(cfg.model.encoder, cfg.model.encoder_config))
     feature_extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True,
+        feature_size=1,
+        sampling_rate=16_000,
+        padding_value=0.0,
+        do_normalize=True,
         return_attention_mask=not group_norm,  # as transformers' own wav2vec2 extractors
     )
 
@@ -421,12 +436,18 @@ def run_recipe(job: dict, turns: Turns) -> dict:
         features["labels"] = batch["label"]
         return features
 
-    files = {"path": [str(Path(job["root"]) / corpus.clips[i]["key"]) for i in split["train"]],
-             "label": [corpus.clips[i]["label"] for i in split["train"]]}
+    files = {
+        "path": [str(Path(job["root"]) / corpus.clips[i]["key"]) for i in split["train"]],
+        "label": [corpus.clips[i]["label"] for i in split["train"]],
+    }
     # Before the model is built: forking worker processes after torch has run its thread pool can deadlock.
     started = time.perf_counter()
     train_dataset = Dataset.from_dict(files).map(
-        preprocess, batched=True, batch_size=100, num_proc=min(4, len(os.sched_getaffinity(0))), remove_columns=["path", "label"]
+        preprocess,
+        batched=True,
+        batch_size=100,
+        num_proc=min(4, len(os.sched_getaffinity(0))),
+        remove_columns=["path", "label"],
     )
     prepare_seconds = time.perf_counter() - started
 
@@ -446,7 +467,9 @@ def run_recipe(job: dict, turns: Turns) -> dict:
 
     def pad_to_longest(features: list[dict]) -> dict:
         """The recipe's collator, plus each clip's length for the meter (taken out before the model)."""
-        batch = feature_extractor.pad([{"input_values": f["input_values"]} for f in features], padding=True, return_tensors="pt")
+        batch = feature_extractor.pad(
+            [{"input_values": f["input_values"]} for f in features], padding=True, return_tensors="pt"
+        )
         batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
         batch["input_lengths"] = torch.tensor([len(f["input_values"]) for f in features])
         return batch
@@ -500,7 +523,9 @@ def run_recipe(job: dict, turns: Turns) -> dict:
         disable_tqdm=True,
         seed=job["seed"],
     )
-    trainer = MeteredTrainer(model=model, args=args, train_dataset=train_dataset, data_collator=pad_to_longest, callbacks=[Meter()])
+    trainer = MeteredTrainer(
+        model=model, args=args, train_dataset=train_dataset, data_collator=pad_to_longest, callbacks=[Meter()]
+    )
     with timed_fetches(meter):
         trainer.train()
     result.update(meter.result(), optimizer_steps=trainer.state.global_step, **peak_memory())
@@ -519,7 +544,7 @@ def run_side(side: str, job: dict, turns: Turns) -> dict:
     job = {**job, "side": side}
     if side == "recipe":
         return run_recipe(job, turns)
-    variant = job["variants"][int(side[len(VARIANT):])].split() if side.startswith(VARIANT) else []
+    variant = job["variants"][int(side[len(VARIANT) :])].split() if side.startswith(VARIANT) else []
     if side.startswith(VARIANT):
         return run_ser(job, turns, trim_db=None, variant=tuple(variant))
     if side == "ser-onednn":
@@ -537,8 +562,20 @@ def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str]
     for side in sides:
         control_read, control_write = os.pipe()
         status_read, status_write = os.pipe()
-        command = [sys.executable, __file__, "--side", side, "--job", str(job_file), "--result", str(scratch / f"{side}.json"),
-                   "--control", str(control_read), "--status", str(status_write)]
+        command = [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--job",
+            str(job_file),
+            "--result",
+            str(scratch / f"{side}.json"),
+            "--control",
+            str(control_read),
+            "--status",
+            str(status_write),
+        ]
         process = subprocess.Popen(command, pass_fds=(control_read, status_write))
         os.close(control_read)
         os.close(status_write)
@@ -553,7 +590,9 @@ def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str]
         if process.wait() != 0:
             for other, _, _ in processes.values():
                 other.kill()
-            raise SystemExit(f"error: the {side} side failed (exit status {process.returncode}); its messages are above")
+            raise SystemExit(
+                f"error: the {side} side failed (exit status {process.returncode}); its messages are above"
+            )
         return None
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as progress:
@@ -657,7 +696,10 @@ def table(results: dict[str, dict], names: dict[str, str]) -> str:
         ("training loop (s)", lambda r: f"{r['loop_seconds']:.1f}"),
         ("the loop's CPU time / (wall time x cores)", lambda r: f"{r['cpu_share']:.0%}"),
         ("clips trained on", lambda r: f"{r['clips']:.0f}"),
-        ("preparation (s), first seed, cold for the first side of its settings", lambda r: f"{r['prepare_seconds']:.1f}"),
+        (
+            "preparation (s), first seed, cold for the first side of its settings",
+            lambda r: f"{r['prepare_seconds']:.1f}",
+        ),
     ]
     lines = ["| | " + " | ".join(names[s] for s in sides) + " |", "| --- |" + " --- |" * len(sides)]
     lines += [f"| {label} | " + " | ".join(cell(results[s]) for s in sides) + " |" for label, cell in rows]
@@ -708,10 +750,18 @@ def profile_tables(results: dict[str, dict], names: dict[str, str]) -> str:
     header = "| " + " | ".join(names[side] for side in sides) + " |"
     lines = ["| where the loop's time went " + header, "| --- |" + " --- |" * len(sides)]
     for region in profiles[sides[0]]["regions"]:
-        cells = [f"{p['regions'][region]:.1f} s ({p['regions'][region] / p['wall_seconds']:.0%})" for p in profiles.values()]
+        cells = [
+            f"{p['regions'][region]:.1f} s ({p['regions'][region] / p['wall_seconds']:.0%})" for p in profiles.values()
+        ]
         lines.append(f"| {region} | " + " | ".join(cells) + " |")
     lines.append("| the whole loop | " + " | ".join(f"{p['wall_seconds']:.1f} s" for p in profiles.values()) + " |")
-    lines += ["", "Ops by their own time (without the ops they call), as a share of the loop:", "", "| | " + header[2:], "| --- |" + " --- |" * len(sides)]
+    lines += [
+        "",
+        "Ops by their own time (without the ops they call), as a share of the loop:",
+        "",
+        "| | " + header[2:],
+        "| --- |" + " --- |" * len(sides),
+    ]
     for rank in range(PROFILE_TOP_OPS):
         cells = []
         for p in profiles.values():
@@ -729,29 +779,54 @@ def synthetic_corpus(scratch: Path, actors: int) -> Path:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder-config", default="tiny", choices=list(ENCODER_CONFIGS), help="encoder sizes (default: tiny, the demo's)")
-    parser.add_argument("--root", type=Path, help="a RAVDESS-format corpus (default: a fresh synthetic 24-actor corpus)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per side (default: 288, two epochs of the synthetic corpus)")
+    parser.add_argument(
+        "--encoder-config",
+        default="tiny",
+        choices=list(ENCODER_CONFIGS),
+        help="encoder sizes (default: tiny, the demo's)",
+    )
+    parser.add_argument(
+        "--root", type=Path, help="a RAVDESS-format corpus (default: a fresh synthetic 24-actor corpus)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="optimizer steps per side (default: 288, two epochs of the synthetic corpus)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="the recipe's: 4")
     parser.add_argument("--accumulation", type=int, default=2, help="gradient accumulation, the recipe's: 2")
-    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3: the demo's for an encoder trained from scratch)")
     parser.add_argument(
-        "--seeds", default=DEFAULT_SEEDS,
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="learning rate (default 1e-3: the demo's for an encoder trained from scratch)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=DEFAULT_SEEDS,
         help=f"comma-separated seeds of the split, the initial weights and the batches, one run of every side each (default {DEFAULT_SEEDS})",
     )
     parser.add_argument("--precision", help="default: 16-mixed on CUDA (the recipe's fp16), 32-true on CPU")
     parser.add_argument("--trim-db", type=float, default=-40.0, help="data.trim_db of the third side (default -40)")
     parser.add_argument(
-        "--sides", default=DEFAULT_SIDES,
+        "--sides",
+        default=DEFAULT_SIDES,
         help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-onednn is ser with torch's oneDNN convolutions on",
     )
     parser.add_argument(
-        "--variant", action="append", default=[], metavar="OVERRIDES",
+        "--variant",
+        action="append",
+        default=[],
+        metavar="OVERRIDES",
         help="one more ser side with these Hydra overrides (space-separated), e.g. 'data.bucket_batches=4'; repeatable",
     )
-    parser.add_argument("--profile", action="store_true", help="also profile each side with torch.profiler (a slower run, first seed only)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile each side with torch.profiler (a slower run, first seed only)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 4 steps")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)")
+    parser.add_argument(
+        "--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)"
+    )
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -769,7 +844,9 @@ def main() -> None:
 
     missing = [name for name in ("datasets", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
-        raise SystemExit(f"error: the recipe's side needs {' and '.join(missing)}: install them with pip install -e '.[bench]'")
+        raise SystemExit(
+            f"error: the recipe's side needs {' and '.join(missing)}: install them with pip install -e '.[bench]'"
+        )
     import torch
 
     steps = args.steps or (4 if args.quick else 288)
@@ -781,9 +858,17 @@ def main() -> None:
         scratch = Path(scratch_dir)
         root = args.root or synthetic_corpus(scratch, actors=2 if args.quick else 24)
         job = {
-            "root": str(root), "cache": str(scratch / "cache"), "encoder_config": args.encoder_config,
-            "steps": steps, "batch_size": args.batch_size, "accumulation": args.accumulation, "lr": args.lr,
-            "precision": precision, "trim_db": args.trim_db, "profile": args.profile, "variants": args.variant,
+            "root": str(root),
+            "cache": str(scratch / "cache"),
+            "encoder_config": args.encoder_config,
+            "steps": steps,
+            "batch_size": args.batch_size,
+            "accumulation": args.accumulation,
+            "lr": args.lr,
+            "precision": precision,
+            "trim_db": args.trim_db,
+            "profile": args.profile,
+            "variants": args.variant,
         }
         sides = args.sides.split(",")
         if "recipe" not in sides or "ser" not in sides or not set(sides) <= set(SIDES):
@@ -801,7 +886,9 @@ def main() -> None:
             for check in ("initial_weights", "train_keys"):
                 values = {r[check] for r in results.values()}
                 if len(values) != 1:
-                    raise SystemExit(f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair")
+                    raise SystemExit(
+                        f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair"
+                    )
             runs.append(results)
             baselines.append(duration_baseline(seed_job))
 
@@ -809,15 +896,17 @@ def main() -> None:
     steps_done = {r["optimizer_steps"] for run in runs for r in run.values()}
     recipe, ser = results["recipe"], results["ser"]
     weights = ", ".join(f"{seed}: {run['recipe']['initial_weights']}" for seed, run in zip(seeds, runs))
-    body = f"""`{command_line('train.py')}`: encoder `{args.encoder_config}` ({ser['parameters'] / 1e6:.2f} M parameters, random initial weights, the same on every side for a seed: {weights}), {'synthetic corpus of' if args.root is None else f'{root},'} {ser['corpus_clips']} clips, random stratified 80/20 split ({recipe['val_clips']} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {', '.join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe['attention']}. Seeds {', '.join(map(str, seeds))} (split, initial weights, batches): every side ran once per seed, and each figure is the mean over the seeds; accuracy also shows the standard deviation and each seed's value.
+    body = f"""`{command_line("train.py")}`: encoder `{args.encoder_config}` ({ser["parameters"] / 1e6:.2f} M parameters, random initial weights, the same on every side for a seed: {weights}), {"synthetic corpus of" if args.root is None else f"{root},"} {ser["corpus_clips"]} clips, random stratified 80/20 split ({recipe["val_clips"]} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {", ".join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe["attention"]}. Seeds {", ".join(map(str, seeds))} (split, initial weights, batches): every side ran once per seed, and each figure is the mean over the seeds; accuracy also shows the standard deviation and each seed's value.
 
 {table(results, names)}
 
 {verdicts(results, names)}
-- Clip duration alone, without the audio (a logistic regression on each clip's length in seconds): validation accuracy {sum(baselines) / len(baselines):.1%}, each seed {' / '.join(f'{b:.1%}' for b in baselines)}. Length goes with emotion in this corpus; read the accuracies above against it.
+- Clip duration alone, without the audio (a logistic regression on each clip's length in seconds): validation accuracy {sum(baselines) / len(baselines):.1%}, each seed {" / ".join(f"{b:.1%}" for b in baselines)}. Length goes with emotion in this corpus; read the accuracies above against it.
 """
     if args.profile:
-        body += f"\nUnder torch.profiler (which slows every side), seed {seeds[0]}:\n\n{profile_tables(runs[0], names)}\n"
+        body += (
+            f"\nUnder torch.profiler (which slows every side), seed {seeds[0]}:\n\n{profile_tables(runs[0], names)}\n"
+        )
     print(body)
     print(f"written to {write_section('train profile' if args.profile else 'train', body, args.output)}")
 

@@ -1,11 +1,11 @@
 """The ``ser`` command line.
 
-    ser synth OUT [--actors N] [--seed S]     write a synthetic RAVDESS-format corpus
-    ser prepare data.root=PATH [data.*=...]   preprocess a corpus into the cache and summarise it
-    ser predict MODEL PATH... [--json]        emotions of audio files (MODEL: .ckpt, .onnx, Hugging Face model)
-    ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
-    ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
-    ser summarize SWEEP_DIR [--metric M]      mean ± std of a multirun's metrics (folds, sweeps)
+ser synth OUT [--actors N] [--seed S]     write a synthetic RAVDESS-format corpus
+ser prepare data.root=PATH [data.*=...]   preprocess a corpus into the cache and summarise it
+ser predict MODEL PATH... [--json]        emotions of audio files (MODEL: .ckpt, .onnx, Hugging Face model)
+ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
+ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
+ser summarize SWEEP_DIR [--metric M]      mean ± std of a multirun's metrics (folds, sweeps)
 """
 
 from __future__ import annotations
@@ -26,14 +26,22 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data.download import DownloadError
     from .data.splits import SplitError
     from .export import ExportError
-    from .models.encoder import EncoderError
     from .inference import PredictError
+    from .models.encoder import EncoderError
     from .resume import ResumeError
     from .train import StrategyError
 
     return (
-        CorpusError, DownloadError, SplitError, EncoderError, AudioError, FloatingPointError, PredictError, ExportError,
-        ResumeError, StrategyError,
+        CorpusError,
+        DownloadError,
+        SplitError,
+        EncoderError,
+        AudioError,
+        FloatingPointError,
+        PredictError,
+        ExportError,
+        ResumeError,
+        StrategyError,
     )
 
 
@@ -56,7 +64,9 @@ def compose(overrides: list[str]):
     register_configs()
 
     if not CONF_DIR.is_dir():
-        raise SystemExit(f"error: no config directory at {CONF_DIR}; install ser from its source tree with `pip install -e .`")
+        raise SystemExit(
+            f"error: no config directory at {CONF_DIR}; install ser from its source tree with `pip install -e .`"
+        )
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 
@@ -106,12 +116,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
         synthesize_corpus(cfg.root, actors=cfg.synthesize_actors, seed=0, progress=not args.quiet)
     settings = PrepareSettings(sample_rate=cfg.sample_rate, normalize=cfg.normalize, trim_db=cfg.trim_db)
-    corpus = prepare(cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet)
+    corpus = prepare(
+        cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
+    )
     summary = corpus.summary()
 
     console = Console()
-    console.print(f"[bold]{summary['clips']} clips[/], {len(summary['emotions'])} emotions, {len(summary['actors'])} actors, "
-                  f"{summary['hours']:.2f} h of audio, from {summary['source']}")
+    console.print(
+        f"[bold]{summary['clips']} clips[/], {len(summary['emotions'])} emotions, {len(summary['actors'])} actors, "
+        f"{summary['hours']:.2f} h of audio, from {summary['source']}"
+    )
     emotions = Table("emotion", "clips", title="clips per emotion")
     for emotion, count in summary["emotions"].items():
         emotions.add_row(emotion, str(count))
@@ -143,7 +157,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     model = load_model(args.model, device=args.device)
     predictions = predict(
-        model, args.paths, window_seconds=args.window, hop_seconds=args.hop, batch_size=args.batch_size, progress=not args.quiet
+        model,
+        args.paths,
+        window_seconds=args.window,
+        hop_seconds=args.hop,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
     )
     if args.json:
         for prediction in predictions:
@@ -172,7 +191,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     from .evaluate import evaluate
 
-    metrics = evaluate(args.model, args.overrides, out_dir=args.out, stage=args.stage, batch_size=args.batch_size, progress=not args.quiet)
+    metrics = evaluate(
+        args.model,
+        args.overrides,
+        out_dir=args.out,
+        stage=args.stage,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     stage = metrics["stage"]
     console = Console()
     console.print(f"[bold]{metrics['model']}[/] on {metrics['clips']} {stage} clips, {metrics['protocol']}")
@@ -183,7 +209,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     table = Table("emotion", "clips", "recall", "F1", title="per class")
     for label in metrics["labels"]:
         if metrics["support"][label]:
-            table.add_row(label, str(metrics["support"][label]), f"{metrics[f'{stage}/recall/{label}']:.3f}", f"{metrics[f'{stage}/f1/{label}']:.3f}")
+            table.add_row(
+                label,
+                str(metrics["support"][label]),
+                f"{metrics[f'{stage}/recall/{label}']:.3f}",
+                f"{metrics[f'{stage}/f1/{label}']:.3f}",
+            )
     console.print(table)
     console.print(f"metrics.json, confusion_matrix.png, per_class.png and predictions.csv in {metrics['out_dir']}")
 
@@ -195,13 +226,17 @@ def cmd_export(args: argparse.Namespace) -> None:
         out = export_onnx(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"ONNX model written to {out}")
         print(f"  score files:   ser predict {out} clip.wav")
-        print(f"  in Python:     from ser.export import OnnxClassifier; OnnxClassifier('{out}')(waveforms, attention_mask)")
+        print(
+            f"  in Python:     from ser.export import OnnxClassifier; OnnxClassifier('{out}')(waveforms, attention_mask)"
+        )
     else:
         out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
         print(f"Hugging Face model (weights, config, feature extractor) written to {out}")
         print(f"  score files:   ser predict {out} clip.wav")
         print(f"  evaluate:      ser evaluate {out} data.root=PATH")
-        print(f"  transformers:  pipeline('audio-classification', model='{out}')({{'raw': waveform, 'sampling_rate': 16000}})")
+        print(
+            f"  transformers:  pipeline('audio-classification', model='{out}')({{'raw': waveform, 'sampling_rate': 16000}})"
+        )
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -233,12 +268,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="emotions of audio files",
         description="Predict the emotion of audio files. Exit status 1 if any file could not be scored.",
     )
-    pred.add_argument("model", help="a .ckpt checkpoint, an .onnx file, or a Hugging Face model (directory or Hub name)")
-    pred.add_argument("paths", nargs="+", metavar="PATH", help="audio files, directories (searched recursively) or globs")
-    pred.add_argument("--json", action="store_true", help="one JSON object per file and line, with every probability and per-window scores")
-    pred.add_argument("--window", type=float, default=10.0, metavar="SECONDS", help="longer clips are scored in windows this long (default 10)")
-    pred.add_argument("--hop", type=float, default=5.0, metavar="SECONDS", help="seconds between window starts (default 5)")
-    pred.add_argument("--batch-size", type=int, default=8, metavar="N", help="clips or windows per forward pass (default 8)")
+    pred.add_argument(
+        "model", help="a .ckpt checkpoint, an .onnx file, or a Hugging Face model (directory or Hub name)"
+    )
+    pred.add_argument(
+        "paths", nargs="+", metavar="PATH", help="audio files, directories (searched recursively) or globs"
+    )
+    pred.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per file and line, with every probability and per-window scores",
+    )
+    pred.add_argument(
+        "--window",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longer clips are scored in windows this long (default 10)",
+    )
+    pred.add_argument(
+        "--hop", type=float, default=5.0, metavar="SECONDS", help="seconds between window starts (default 5)"
+    )
+    pred.add_argument(
+        "--batch-size", type=int, default=8, metavar="N", help="clips or windows per forward pass (default 8)"
+    )
     pred.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
     pred.set_defaults(run=cmd_predict)
 
@@ -249,21 +302,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("model", help="a .ckpt checkpoint, an .onnx file, or a Hugging Face model (directory or Hub name)")
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data.root=PATH data.split=fold data.fold=1")
-    ev.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory (default evaluations/<model>-<split>)")
-    ev.add_argument("--stage", choices=("test", "val", "train"), default="test", help="which part of the split (default test)")
-    ev.add_argument("--batch-size", type=int, default=None, metavar="N", help="clips per forward pass (default data.eval_batch_size or data.batch_size)")
+    ev.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default evaluations/<model>-<split>)"
+    )
+    ev.add_argument(
+        "--stage", choices=("test", "val", "train"), default="test", help="which part of the split (default test)"
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="clips per forward pass (default data.eval_batch_size or data.batch_size)",
+    )
     ev.set_defaults(run=cmd_evaluate)
 
     exp = commands.add_parser("export", help="a checkpoint as a Hugging Face model directory or an ONNX file")
     exp.add_argument("checkpoint", type=Path, help="a .ckpt checkpoint of this project")
     exp.add_argument("out", type=Path, help="output directory (hf) or .onnx file (onnx)")
-    exp.add_argument("--format", choices=("hf", "onnx"), default="hf", help="hf: save_pretrained directory for transformers (default); onnx: one ONNX file")
+    exp.add_argument(
+        "--format",
+        choices=("hf", "onnx"),
+        default="hf",
+        help="hf: save_pretrained directory for transformers (default); onnx: one ONNX file",
+    )
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
     exp.set_defaults(run=cmd_export)
 
     summ = commands.add_parser("summarize", help="mean and std of the test metrics of a multirun (folds, sweeps)")
     summ.add_argument("sweep_dir", type=Path, help="a directory made by `python train.py -m ...`")
-    summ.add_argument("--metric", action="append", dest="metrics", help="metric to summarise (repeatable; default test/acc, test/uar, test/f1)")
+    summ.add_argument(
+        "--metric",
+        action="append",
+        dest="metrics",
+        help="metric to summarise (repeatable; default test/acc, test/uar, test/f1)",
+    )
     summ.set_defaults(run=cmd_summarize)
     return parser
 

@@ -9,7 +9,7 @@ composed, not an hour into training. :func:`register_configs` stores the schema;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 @dataclass
@@ -18,28 +18,28 @@ class DataConfig:
     cache_dir: str = "~/.cache/ser"
     download: bool = True
     strict: bool = False  # true: refuse a corpus with unusable files instead of skipping them
-    synthesize_actors: Optional[int] = None  # make a synthetic RAVDESS-format corpus at root when it is missing
+    synthesize_actors: int | None = None  # make a synthetic RAVDESS-format corpus at root when it is missing
     split: str = "random"  # random | speaker | fold
-    fold: Optional[int] = None  # 1..6 with split=fold (EmoBox)
+    fold: int | None = None  # 1..6 with split=fold (EmoBox)
     test_size: float = 0.2  # split=random
     val_actors: int = 2  # split=speaker|fold
     test_actors: int = 4  # split=speaker
     batch_size: int = 4
-    eval_batch_size: Optional[int] = None
+    eval_batch_size: int | None = None
     num_workers: int = 0  # the cache is memory-mapped, so loading a batch is a copy, not a decode
-    max_seconds: Optional[float] = None  # random crop of training clips
+    max_seconds: float | None = None  # random crop of training clips
     sample_rate: int = 16_000
     normalize: bool = True  # zero mean, unit variance per clip, as Wav2Vec2FeatureExtractor
-    trim_db: Optional[float] = None  # e.g. -40: cut the silence around the speech (RAVDESS has ~1 s of it)
+    trim_db: float | None = None  # e.g. -40: cut the silence around the speech (RAVDESS has ~1 s of it)
     bucket_batches: int = 32  # batches per length bucket: larger pads less, smaller shuffles more
 
 
 @dataclass
 class ModelConfig:
-    encoder: Optional[str] = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
-    encoder_config: Optional[Dict[str, Any]] = None  # inline config: a randomly initialised encoder
+    encoder: str | None = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
+    encoder_config: dict[str, Any] | None = None  # inline config: a randomly initialised encoder
     pretrained: bool = True
-    init_from: Optional[str] = None  # a Hugging Face audio-classification model to start from, head included
+    init_from: str | None = None  # a Hugging Face audio-classification model to start from, head included
     pooling: str = "mean"  # mean | max | attentive | stats
     head: str = "hf"  # hf (projector + classifier, as Wav2Vec2ForSequenceClassification) | dense_tanh
     projector_dim: int = 256
@@ -48,8 +48,8 @@ class ModelConfig:
     freeze_feature_encoder: bool = True
     freeze_encoder_steps: int = 0
     gradient_checkpointing: bool = False
-    attn_implementation: Optional[str] = "sdpa"
-    class_weights: Optional[List[float]] = None
+    attn_implementation: str | None = "sdpa"
+    class_weights: list[float] | None = None
     label_smoothing: float = 0.0
 
 
@@ -57,8 +57,8 @@ class ModelConfig:
 class OptimizerConfig:
     name: str = "adam"  # adam | adamw
     lr: float = 1e-4
-    encoder_lr: Optional[float] = None  # defaults to lr
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    encoder_lr: float | None = None  # defaults to lr
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
 
@@ -76,11 +76,11 @@ class TrainerConfig:
     devices: Any = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: Optional[str] = None  # None: 16-mixed on CUDA, 32-true on CPU
+    precision: str | None = None  # None: 16-mixed on CUDA, 32-true on CPU
     max_epochs: int = 3
     max_steps: int = -1
     accumulate_grad_batches: int = 2
-    gradient_clip_val: Optional[float] = None
+    gradient_clip_val: float | None = None
     deterministic: bool = False
     log_every_n_steps: int = 10
     # Any, not float: Lightning reads an int as a number of batches and a float as a fraction, and
@@ -98,22 +98,22 @@ class TrainerConfig:
 class LoggerConfig:
     name: str = "wandb"  # wandb | csv | none
     project: str = "ser"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    mode: Optional[str] = None  # online | offline; None: online when a W&B key is configured, else offline
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # online | offline; None: online when a W&B key is configured, else offline
 
 
 @dataclass
 class CallbacksConfig:
     monitor: str = "val/uar"
     mode: str = "max"
-    early_stopping_patience: Optional[int] = None  # epochs without improvement; None disables
+    early_stopping_patience: int | None = None  # epochs without improvement; None disables
     rich_progress: bool = True
     model_summary_depth: int = 1
     # also write last.ckpt every N optimizer steps, for runs that may be killed without warning
     # (SIGTERM always saves one). Off by default: an XLSR-large checkpoint with Adam's state is ~3.8 GB.
-    checkpoint_every_n_steps: Optional[int] = None
+    checkpoint_every_n_steps: int | None = None
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Config:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     seed: int = 42
     run_dir: str = "${hydra:runtime.output_dir}"
-    ckpt_path: Optional[str] = None  # resume: "last" (this run directory's), a run directory, or a .ckpt file
+    ckpt_path: str | None = None  # resume: "last" (this run directory's), a run directory, or a .ckpt file
     objective: str = "val/uar"  # returned to sweepers
     # oneDNN's CPU convolutions while fitting. Off: they build kernels for every new input shape, and
     # clips of every length make each batch one; on the tiny encoder that made training 2.2x slower

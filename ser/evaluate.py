@@ -40,7 +40,9 @@ def split_name(data: Any) -> str:
     return f"fold{data.fold}" if data.split == "fold" else str(data.split)
 
 
-def score_clips(scorer: Scorer, corpus, indices: Sequence[int], batch_size: int = 8, progress: bool = True) -> np.ndarray:
+def score_clips(
+    scorer: Scorer, corpus, indices: Sequence[int], batch_size: int = 8, progress: bool = True
+) -> np.ndarray:
     """Class probabilities (N, C) float32 of the corpus clips ``indices`` (prepared for this model).
 
     Whole clips, as training evaluates them. Raises PredictError when a clip cannot be scored.
@@ -125,19 +127,23 @@ def _predictions_csv(keys: Sequence[str], true: Sequence[int], probabilities: np
     return buffer.getvalue()
 
 
-def write_report(out_dir: str | Path, metrics: dict, keys: Sequence[str], true: Sequence[int], probabilities: np.ndarray) -> dict[str, Path]:
+def write_report(
+    out_dir: str | Path, metrics: dict, keys: Sequence[str], true: Sequence[int], probabilities: np.ndarray
+) -> dict[str, Path]:
     """``metrics.json``, ``confusion_matrix.png``, ``per_class.png`` and ``predictions.csv``, each written atomically."""
     import matplotlib.pyplot as plt
 
-    from . import io
+    from . import atomic
     from .plots import plot_confusion_matrix, plot_per_class
 
     out_dir = Path(out_dir)
     labels, stage = metrics["labels"], metrics["stage"]
     title = f"{metrics['model']} · {stage}, {metrics['clips']} clips\n{metrics['protocol']}"
-    files = {"metrics": io.write_json(out_dir / "metrics.json", metrics)}
+    files = {"metrics": atomic.write_json(out_dir / "metrics.json", metrics)}
     figure = plot_confusion_matrix(torch.tensor(metrics["confusion_matrix"]), labels, title=title)
-    files["confusion_matrix"] = io.save_figure(figure, out_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight")
+    files["confusion_matrix"] = atomic.save_figure(
+        figure, out_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight"
+    )
     plt.close(figure)
     present = [label for label in labels if metrics["support"][label] > 0]
     scores = {
@@ -145,9 +151,11 @@ def write_report(out_dir: str | Path, metrics: dict, keys: Sequence[str], true: 
         "F1": [metrics[f"{stage}/f1/{label}"] for label in present],
     }
     figure = plot_per_class(scores, present, title=title)
-    files["per_class"] = io.save_figure(figure, out_dir / "per_class.png", dpi=120, bbox_inches="tight")
+    files["per_class"] = atomic.save_figure(figure, out_dir / "per_class.png", dpi=120, bbox_inches="tight")
     plt.close(figure)
-    files["predictions"] = io.write_text(out_dir / "predictions.csv", _predictions_csv(keys, true, probabilities, labels))
+    files["predictions"] = atomic.write_text(
+        out_dir / "predictions.csv", _predictions_csv(keys, true, probabilities, labels)
+    )
     return files
 
 
@@ -192,13 +200,20 @@ def evaluate(
     if ours != theirs:
         log.info(
             "the model expects %d Hz, normalize=%s, trim_db=%s (the data config says %d Hz, normalize=%s, trim_db=%s): "
-            "preparing the corpus the model's way", *ours, *theirs,
+            "preparing the corpus the model's way",
+            *ours,
+            *theirs,
         )
     settings = PrepareSettings(sample_rate=scorer.sample_rate, normalize=scorer.normalize, trim_db=scorer.trim_db)
     corpus = prepare(data.root, data.cache_dir, settings, strict=data.strict, download=data.download, progress=progress)
     split = make_split(
-        corpus.clips, data.split, cfg.seed, data.fold,
-        test_size=data.test_size, val_actors=data.val_actors, test_actors=data.test_actors,
+        corpus.clips,
+        data.split,
+        cfg.seed,
+        data.fold,
+        test_size=data.test_size,
+        val_actors=data.val_actors,
+        test_actors=data.test_actors,
     )
     indices = split[stage]
     if len(indices) == 0:
@@ -208,7 +223,9 @@ def evaluate(
     to_model = dict(zip(emotions, label_indices(scorer.labels, emotions)))
     true = np.array([to_model[clip["emotion"]] for clip in clips], dtype=np.int64)
 
-    probabilities = score_clips(scorer, corpus, indices, batch_size or data.eval_batch_size or data.batch_size, progress)
+    probabilities = score_clips(
+        scorer, corpus, indices, batch_size or data.eval_batch_size or data.batch_size, progress
+    )
     metrics = {
         "model": str(model) if isinstance(model, (str, Path)) else scorer.name,
         "stage": stage,

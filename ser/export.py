@@ -145,7 +145,8 @@ def _model_card(module, checkpoint: Path, out_name: str, architecture: str) -> s
         log.warning(
             "%s was trained on clips with the silence trimmed (data.trim_db=%s); transformers' pipeline does not trim, "
             "so trim before scoring with it, or score with `ser predict`, which does",
-            checkpoint, module.hparams.trim_db,
+            checkpoint,
+            module.hparams.trim_db,
         )
     encoder_config = module.hparams.encoder_config or {}
     base = encoder_config.get("_name_or_path") or ""
@@ -171,14 +172,22 @@ def _model_card(module, checkpoint: Path, out_name: str, architecture: str) -> s
         "## Input",
         "",
         f"Mono audio at {sample_rate} Hz"
-        + (", normalised per clip to zero mean and unit variance (the saved feature extractor does this)." if normalize else "."),
+        + (
+            ", normalised per clip to zero mean and unit variance (the saved feature extractor does this)."
+            if normalize
+            else "."
+        ),
     ]
     lines += ["", "## Evaluation", ""]
     if metrics:
         protocol = metrics.get("protocol")
         if protocol:
             lines += [f"Protocol: {protocol}.", ""]
-        rows = [(key, metrics[key]) for key in ("test/acc", "test/uar", "test/f1") if isinstance(metrics.get(key), (int, float))]
+        rows = [
+            (key, metrics[key])
+            for key in ("test/acc", "test/uar", "test/f1")
+            if isinstance(metrics.get(key), (int, float))
+        ]
         names = {"test/acc": "WA (accuracy)", "test/uar": "UA (balanced accuracy)", "test/f1": "macro F1"}
         if rows:
             lines += ["| metric | value |", "| --- | --- |"] + [f"| {names[k]} | {v:.4f} |" for k, v in rows] + [""]
@@ -188,8 +197,10 @@ def _model_card(module, checkpoint: Path, out_name: str, architecture: str) -> s
         measured = metrics.get("checkpoint")
         if measured and Path(measured).name != checkpoint.name:
             lines += [f"These test metrics were measured on `{Path(measured).name}`, not on `{checkpoint.name}`.", ""]
-        lines.append(f"From `{metrics_path.name}` of the training run. Random splits share speakers between train and test; "
-                     "speaker-independent results are much lower.")
+        lines.append(
+            f"From `{metrics_path.name}` of the training run. Random splits share speakers between train and test; "
+            "speaker-independent results are much lower."
+        )
     else:
         lines.append("No metrics.json was found next to the checkpoint: evaluate before relying on this model.")
     lines += [
@@ -241,7 +252,9 @@ def _check_hf_export(module, folder: Path) -> None:
             theirs = model(input_values=waveform, attention_mask=mask if uses_mask else None).logits
             worst = max(worst, float((ours - theirs).abs().max()))
     if not math.isfinite(worst) or worst > TOLERANCE:
-        raise ExportError(f"the exported transformers model differs from the checkpoint (max |logit difference| {worst:.2e}): not written")
+        raise ExportError(
+            f"the exported transformers model differs from the checkpoint (max |logit difference| {worst:.2e}): not written"
+        )
 
 
 def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -332,8 +345,14 @@ def _torch_onnx_export(graph: _OnnxGraph, example: tuple[Tensor, Tensor], path: 
         batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
         program = torch.onnx.export(
             # the dynamo exporter implements opset 18 and up; converting down fails on wav2vec2's graph
-            graph, example, None, opset_version=max(opset, 18), dynamo=True, verbose=False,
-            dynamic_shapes={"waveforms": {0: batch, 1: time}, "attention_mask": {0: batch, 1: time}}, **names,
+            graph,
+            example,
+            None,
+            opset_version=max(opset, 18),
+            dynamo=True,
+            verbose=False,
+            dynamic_shapes={"waveforms": {0: batch, 1: time}, "attention_mask": {0: batch, 1: time}},
+            **names,
         )
         program.save(str(path), external_data=False)  # one self-contained file, as the TorchScript exporter writes
     else:
@@ -471,7 +490,9 @@ class OnnxClassifier(nn.Module):
         try:
             values = {key: json.loads(metadata[key]) for key in ("labels", "sample_rate", "normalize")}
         except (KeyError, ValueError):
-            raise EncoderError(f"'{path}' has no ser metadata (labels, sample_rate, normalize): export it with export_onnx") from None
+            raise EncoderError(
+                f"'{path}' has no ser metadata (labels, sample_rate, normalize): export it with export_onnx"
+            ) from None
         self.labels = [str(label) for label in values["labels"]]
         self.sample_rate = int(values["sample_rate"])
         self.normalize = bool(values["normalize"])

@@ -102,9 +102,13 @@ def _not_loadable(name: str, err: BaseException, what: str = "model") -> Encoder
     path = Path(name).expanduser()
     if _is_local(name):
         if not path.exists():
-            return EncoderError(f"{what} directory '{name}' does not exist: give a Hugging Face model name or an existing directory")
+            return EncoderError(
+                f"{what} directory '{name}' does not exist: give a Hugging Face model name or an existing directory"
+            )
         if path.is_dir() and not (path / "config.json").is_file():
-            return EncoderError(f"{what} directory '{name}' has no config.json: give a directory written by save_pretrained")
+            return EncoderError(
+                f"{what} directory '{name}' has no config.json: give a directory written by save_pretrained"
+            )
         return EncoderError(f"could not load {what} '{name}': {_first_line(err)}")
     return EncoderError(
         f"{what} '{name}' is not in the Hugging Face cache and could not be downloaded: "
@@ -162,7 +166,9 @@ def checkpoint_labels(config: PretrainedConfig) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
 
-def score_at_true_lengths(score: Callable[[Tensor], Tensor], waveforms: Tensor, attention_mask: Tensor | None) -> Tensor:
+def score_at_true_lengths(
+    score: Callable[[Tensor], Tensor], waveforms: Tensor, attention_mask: Tensor | None
+) -> Tensor:
     """Logits (B, C) of `score` on each clip at its true length, for models that take no attention mask.
 
     `waveforms` (B, T) are zero padded after each clip, `attention_mask` (B, T) marks the real samples.
@@ -256,7 +262,9 @@ def load_hf_classifier(name_or_path: str | Path) -> HFClassifier:
     config = _classifier_config(name_or_path)
     feature_extractor = _feature_extractor(name_or_path)
     if getattr(feature_extractor, "feature_size", 1) != 1:
-        raise EncoderError(f"the feature extractor of '{name_or_path}' does not take raw waveforms: it is no wav2vec2-style classifier")
+        raise EncoderError(
+            f"the feature extractor of '{name_or_path}' does not take raw waveforms: it is no wav2vec2-style classifier"
+        )
     model = _load_classification_model(name_or_path, config)
     return HFClassifier(model, feature_extractor, name_or_path)
 
@@ -304,8 +312,11 @@ def architecture_of(name_or_path: str | Path, current: Mapping | None = None) ->
         "use_weighted_layer_sum": bool(getattr(config, "use_weighted_layer_sum", False)),
     }
     if current is not None:
-        replaced = [f"model.{key}={current[key]}" for key, value in arguments.items()
-                    if key in current and key != "pretrained" and current[key] != value]
+        replaced = [
+            f"model.{key}={current[key]}"
+            for key, value in arguments.items()
+            if key in current and key != "pretrained" and current[key] != value
+        ]
         if replaced:
             log.info("model.init_from=%s decides the architecture; replacing %s", name_or_path, ", ".join(replaced))
     return arguments
@@ -348,11 +359,21 @@ def _check_inputs(module, name: str) -> None:
     rate = getattr(feature_extractor, "sampling_rate", None)
     normalize = getattr(feature_extractor, "do_normalize", None)
     if rate is not None and int(rate) != int(module.hparams.sample_rate):
-        log.warning("'%s' was trained at %s Hz but the data is at %s Hz: set data.sample_rate=%s",
-                    name, rate, module.hparams.sample_rate, rate)
+        log.warning(
+            "'%s' was trained at %s Hz but the data is at %s Hz: set data.sample_rate=%s",
+            name,
+            rate,
+            module.hparams.sample_rate,
+            rate,
+        )
     if normalize is not None and bool(normalize) != bool(module.hparams.normalize):
-        log.warning("'%s' expects do_normalize=%s but data.normalize=%s: set data.normalize=%s",
-                    name, normalize, module.hparams.normalize, str(bool(normalize)).lower())
+        log.warning(
+            "'%s' expects do_normalize=%s but data.normalize=%s: set data.normalize=%s",
+            name,
+            normalize,
+            module.hparams.normalize,
+            str(bool(normalize)).lower(),
+        )
 
 
 def init_from_pretrained(module, name_or_path: str | Path) -> None:
@@ -403,8 +424,15 @@ def init_from_pretrained(module, name_or_path: str | Path) -> None:
     if unmatched:
         log.warning(
             "model.init_from '%s' has no class for %s (its labels: %s): those rows of the classifier start from a fresh initialisation",
-            name, ", ".join(unmatched), ", ".join(source),
+            name,
+            ", ".join(unmatched),
+            ", ".join(source),
         )
     if unused:
         log.info("model.init_from '%s': classes not used here: %s", name, ", ".join(source[i] for i in unused))
-    log.info("initialised from '%s': encoder and head, %d of %d labels mapped by name", name, len(labels) - len(unmatched), len(labels))
+    log.info(
+        "initialised from '%s': encoder and head, %d of %d labels mapped by name",
+        name,
+        len(labels) - len(unmatched),
+        len(labels),
+    )

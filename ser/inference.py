@@ -38,7 +38,19 @@ from .data import audio
 
 # What soundfile (libsndfile >= 1.1) reads; directories and globs are searched for these.
 AUDIO_SUFFIXES = (
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64", ".rf64",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aiff",
+    ".aif",
+    ".aifc",
+    ".au",
+    ".caf",
+    ".w64",
+    ".rf64",
 )
 # Files decoded and scored at a time: bounds memory on large directories, and is still enough
 # clips for batches of similar lengths.
@@ -204,7 +216,9 @@ def load_model(model: str | Path, device: str | torch.device | None = None) -> S
     suffix = path.suffix.lower()
     if suffix == ".ckpt":
         if not path.is_file():
-            raise PredictError(f"checkpoint {text} does not exist: give the path of a .ckpt file, e.g. <run>/checkpoints/best.ckpt")
+            raise PredictError(
+                f"checkpoint {text} does not exist: give the path of a .ckpt file, e.g. <run>/checkpoints/best.ckpt"
+            )
         from .module import SERModule
 
         try:
@@ -212,21 +226,27 @@ def load_model(model: str | Path, device: str | torch.device | None = None) -> S
             # tensors and plain data (the module's arguments), so they load this way.
             module = SERModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickle, zip and key errors alike: a file that is not our checkpoint
-            raise PredictError(f"cannot load checkpoint {text} ({_first_line(error)}): give a checkpoint written by `python train.py`") from None
+            raise PredictError(
+                f"cannot load checkpoint {text} ({_first_line(error)}): give a checkpoint written by `python train.py`"
+            ) from None
         module.eval()
         if device is not None:
             module.to(device)
         return as_scorer(module, name=_checkpoint_name(path))
     if suffix == ".onnx":
         if not path.is_file():
-            raise PredictError(f"ONNX model {text} does not exist: write one with `ser export CKPT OUT.onnx --format onnx`")
+            raise PredictError(
+                f"ONNX model {text} does not exist: write one with `ser export CKPT OUT.onnx --format onnx`"
+            )
         from .export import OnnxClassifier
 
         return as_scorer(OnnxClassifier(path), name=path.stem)
     if path.is_file():
         raise PredictError(f"{text} is neither a .ckpt checkpoint, an .onnx file nor a Hugging Face model directory")
     if path.is_dir() and not (path / "config.json").is_file():
-        raise PredictError(f"directory {text} has no config.json: give a directory written by save_pretrained (or `ser export`)")
+        raise PredictError(
+            f"directory {text} has no config.json: give a directory written by save_pretrained (or `ser export`)"
+        )
     from .hub import load_hf_classifier
 
     classifier = load_hf_classifier(str(path) if path.is_dir() else text)
@@ -272,7 +292,9 @@ def _score_batch(scorer: Scorer, waveforms: Sequence[np.ndarray]) -> Tensor:
     batch, mask = _pad(waveforms)
     logits = scorer.logits(batch, mask if scorer.uses_attention_mask else None)
     if logits.shape != (len(waveforms), len(scorer.labels)):
-        raise RuntimeError(f"the model gave logits of shape {tuple(logits.shape)} for {len(waveforms)} clips and {len(scorer.labels)} labels")
+        raise RuntimeError(
+            f"the model gave logits of shape {tuple(logits.shape)} for {len(waveforms)} clips and {len(scorer.labels)} labels"
+        )
     return logits.softmax(dim=-1)
 
 
@@ -361,15 +383,16 @@ def expand_paths(paths: Sequence[str | Path]) -> list[tuple[str, str | None]]:
 
     def audio_files(matches) -> list[Path]:
         return sorted(
-            p for p in matches
-            if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
+            p for p in matches if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and not p.name.startswith(".")
         )
 
     for given in paths:
         text = str(given)
         path = Path(text).expanduser()
         if path.is_dir():
-            files = audio_files(p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts))
+            files = audio_files(
+                p for p in path.rglob("*") if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not files:
                 add(path, f"no audio files ({', '.join(AUDIO_SUFFIXES[:3])}, ...) in this directory")
             for file in files:
@@ -379,7 +402,9 @@ def expand_paths(paths: Sequence[str | Path]) -> list[tuple[str, str | None]]:
         elif glob.has_magic(text):
             matches = [Path(m) for m in glob.glob(str(path), recursive=True)]
             files = audio_files(
-                f for m in matches for f in ([m] if not m.is_dir() else [p for p in m.rglob("*") if not p.name.startswith(".")])
+                f
+                for m in matches
+                for f in ([m] if not m.is_dir() else [p for p in m.rglob("*") if not p.name.startswith(".")])
             )
             if not files:
                 add(path, "matches no audio file")
@@ -434,7 +459,9 @@ def predict(
     if not window_seconds > 0 or not hop_seconds > 0:
         raise PredictError(f"window {window_seconds} s and hop {hop_seconds} s must both be positive")
     if hop_seconds > window_seconds:
-        raise PredictError(f"hop {hop_seconds} s is longer than the window {window_seconds} s: audio between windows would be skipped")
+        raise PredictError(
+            f"hop {hop_seconds} s is longer than the window {window_seconds} s: audio between windows would be skipped"
+        )
     window = max(1, round(window_seconds * scorer.sample_rate))
     hop = max(1, round(hop_seconds * scorer.sample_rate))
 
@@ -472,7 +499,9 @@ def predict(
     return predictions
 
 
-def _fill(prediction: Prediction, labels: Sequence[str], window_probabilities: np.ndarray, errors: list[str | None]) -> None:
+def _fill(
+    prediction: Prediction, labels: Sequence[str], window_probabilities: np.ndarray, errors: list[str | None]
+) -> None:
     """Set a prediction from its windows' probabilities (W, C), or its error if a window failed."""
     failed = next((e for e in errors if e is not None), None)
     if failed is not None:
@@ -496,8 +525,12 @@ def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     ) as bar:
         yield bar
 

@@ -92,7 +92,9 @@ class SERModule(pl.LightningModule):
         labels = [str(label) for label in labels]
         num_labels = len(labels)
         if class_weights is not None and len(class_weights) != num_labels:
-            raise ValueError(f"class_weights has {len(class_weights)} values for {num_labels} labels: give one weight per label")
+            raise ValueError(
+                f"class_weights has {len(class_weights)} values for {num_labels} labels: give one weight per label"
+            )
 
         config = load_encoder_config(encoder, encoder_config)
         encoder_model = build_encoder(
@@ -150,7 +152,9 @@ class SERModule(pl.LightningModule):
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of logits (B, C) against labels (B,), with the class weights and label smoothing."""
         # float32: under bf16/fp16 autocast the logits are low precision, the loss should not be
-        return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(
+            logits.float(), labels, weight=self.class_weights, label_smoothing=self.hparams.label_smoothing
+        )
 
     # --- steps --------------------------------------------------------------------------------
 
@@ -235,7 +239,9 @@ class SERModule(pl.LightningModule):
 
     def _freeze_encoder(self, frozen: bool) -> None:
         if frozen != self._encoder_frozen:
-            self.model.set_encoder_trainable(not frozen, keep_feature_encoder_frozen=self.hparams.freeze_feature_encoder)
+            self.model.set_encoder_trainable(
+                not frozen, keep_feature_encoder_frozen=self.hparams.freeze_feature_encoder
+            )
             self._encoder_frozen = frozen
 
     def on_fit_start(self) -> None:
@@ -261,7 +267,11 @@ class SERModule(pl.LightningModule):
         self._freeze_encoder(False)
         encoder_lr = hp.lr if hp.encoder_lr is None else hp.encoder_lr
         groups = [
-            {"name": "encoder", "params": [p for p in self.model.encoder_parameters() if p.requires_grad], "lr": encoder_lr},
+            {
+                "name": "encoder",
+                "params": [p for p in self.model.encoder_parameters() if p.requires_grad],
+                "lr": encoder_lr,
+            },
             {"name": "head", "params": [p for p in self.model.head_parameters() if p.requires_grad], "lr": hp.lr},
         ]
         groups = [group for group in groups if group["params"]]
@@ -270,7 +280,9 @@ class SERModule(pl.LightningModule):
         optimizer = optimizer_class(groups, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
 
         if self._schedule_needs_step_count() and self.trainer.max_steps == -1 and self.trainer.max_epochs == -1:
-            raise ValueError(f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_epochs or trainer.max_steps")
+            raise ValueError(
+                f"scheduler {hp.scheduler!r} needs a known number of steps: set trainer.max_epochs or trainer.max_steps"
+            )
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor_function())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -12,7 +12,9 @@ import torch  # noqa: E402
 from torchmetrics.utilities.plot import plot_confusion_matrix as _tm_plot_confusion_matrix  # noqa: E402
 
 
-def plot_confusion_matrix(confusion: torch.Tensor, labels: Sequence[str], title: str | None = None, normalize: bool = True):
+def plot_confusion_matrix(
+    confusion: torch.Tensor, labels: Sequence[str], title: str | None = None, normalize: bool = True
+):
     """Confusion matrix ``(C, C)`` (rows true, columns predicted) as a figure, with torchmetrics' plot.
 
     With ``normalize`` each row is shown as recall (the fraction of that emotion's clips), so classes

@@ -58,10 +58,14 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> tuple[Path | Non
     if path.is_dir():
         checkpoint = path / LAST_CHECKPOINT
         if not checkpoint.is_file():
-            raise ResumeError(f"ckpt_path={ckpt_path} is a directory without {LAST_CHECKPOINT}: point it at a run directory or a .ckpt file")
+            raise ResumeError(
+                f"ckpt_path={ckpt_path} is a directory without {LAST_CHECKPOINT}: point it at a run directory or a .ckpt file"
+            )
         return checkpoint, path
     if not path.is_file():
-        raise ResumeError(f"ckpt_path={ckpt_path} does not exist: point it at a run directory, a .ckpt file, or use ckpt_path=last")
+        raise ResumeError(
+            f"ckpt_path={ckpt_path} does not exist: point it at a run directory, a .ckpt file, or use ckpt_path=last"
+        )
     owner = path.parent.parent if path.parent.name == "checkpoints" else run_dir
     return path, owner
 
@@ -118,8 +122,13 @@ class RandomState(pl.Callback):
         kind, keys, position, has_gauss, cached = np.random.get_state()
         state = {
             "python": [version, list(mt_state), gauss],
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "position": int(position),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+            },
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -136,7 +145,9 @@ class RandomState(pl.Callback):
         version, mt_state, gauss = state["python"]
         random.setstate((version, tuple(mt_state), gauss))
         n = state["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"]))
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"])
+        )
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

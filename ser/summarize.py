@@ -20,18 +20,18 @@ command line.
 from __future__ import annotations
 
 import csv
-import io as _stringio
+import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import yaml
 
-from . import io
+from . import atomic
 
 DEFAULT_METRICS = ("test/acc", "test/uar", "test/f1")
 MAX_TICK_LABEL = 40  # characters of a job's label under its bar in summary.png
@@ -131,8 +131,8 @@ def summarize(
         _print(summary)
     if write:
         summary.files = [
-            io.write_text(sweep_dir / "summary.md", _markdown(summary)),
-            io.write_text(sweep_dir / "summary.csv", _csv(summary)),
+            atomic.write_text(sweep_dir / "summary.md", _markdown(summary)),
+            atomic.write_text(sweep_dir / "summary.csv", _csv(summary)),
             _plot(summary, sweep_dir / "summary.png"),
         ]
         if not quiet:
@@ -154,7 +154,9 @@ def _labels(overrides: list[list[str]]) -> list[str]:
 def _read_job(job_dir: Path, name: str, overrides: list[str], label: str, metrics: tuple[str, ...]) -> Job:
     metrics_file = job_dir / "metrics.json"
     if not metrics_file.is_file():
-        return Job(job_dir, name, overrides, label, "failed", _error_line(job_dir), {m: math.nan for m in metrics}, None)
+        return Job(
+            job_dir, name, overrides, label, "failed", _error_line(job_dir), {m: math.nan for m in metrics}, None
+        )
     reported = json.loads(metrics_file.read_text())
     values = {m: float(reported[m]) if isinstance(reported.get(m), (int, float)) else math.nan for m in metrics}
     return Job(job_dir, name, overrides, label, "finished", None, values, reported.get("protocol"))
@@ -214,10 +216,16 @@ def _print(summary: Summary) -> None:
         table.add_column(summary.header(metric), justify="right")
     for job in summary.jobs:
         style = "red" if job.status == "failed" else ""
-        table.add_row(Text(job.label), Text(_status(job), style=style), *(summary.format(m, job.metrics[m]) for m in summary.metrics))
+        table.add_row(
+            Text(job.label),
+            Text(_status(job), style=style),
+            *(summary.format(m, job.metrics[m]) for m in summary.metrics),
+        )
     table.add_section()
     table.add_row(
-        Text(f"mean ± std (n={len(summary.finished)})", style="bold"), "", *(summary.aggregate(m) for m in summary.metrics)
+        Text(f"mean ± std (n={len(summary.finished)})", style="bold"),
+        "",
+        *(summary.aggregate(m) for m in summary.metrics),
     )
     Console().print(table)
 
@@ -236,19 +244,32 @@ def _markdown(summary: Summary) -> str:
     ]
     for job in summary.jobs:
         lines.append(row([job.label, _status(job), *(summary.format(m, job.metrics[m]) for m in summary.metrics)]))
-    lines.append(row([f"**mean ± std** (n={len(summary.finished)})", "", *(summary.aggregate(m) for m in summary.metrics)]))
+    lines.append(
+        row([f"**mean ± std** (n={len(summary.finished)})", "", *(summary.aggregate(m) for m in summary.metrics)])
+    )
     return "\n".join(lines) + "\n"
 
 
 def _csv(summary: Summary) -> str:
     """Raw floats (not percentages); the mean and std rows say over how many finished jobs in ``status``."""
-    buffer = _stringio.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["job", "label", "status", "reason", "protocol", *summary.metrics])
     for job in summary.jobs:
-        writer.writerow([job.name, job.label, job.status, job.reason or "", job.protocol or "", *(job.metrics[m] for m in summary.metrics)])
+        writer.writerow(
+            [
+                job.name,
+                job.label,
+                job.status,
+                job.reason or "",
+                job.protocol or "",
+                *(job.metrics[m] for m in summary.metrics),
+            ]
+        )
     for name, values in (("mean", summary.mean), ("std", summary.std)):
-        writer.writerow([name, "", f"n={len(summary.finished)}", "", summary.protocol, *(values[m] for m in summary.metrics)])
+        writer.writerow(
+            [name, "", f"n={len(summary.finished)}", "", summary.protocol, *(values[m] for m in summary.metrics)]
+        )
     return buffer.getvalue()
 
 
@@ -266,7 +287,10 @@ def _plot(summary: Summary, path: Path) -> Path:
     labels = [tick if job.status == "finished" else f"{tick}\n(failed)" for tick, job in zip(ticks, summary.jobs)]
     x = np.arange(len(summary.jobs))
     figure, axes = plt.subplots(
-        len(summary.metrics), 1, sharex=True, squeeze=False,
+        len(summary.metrics),
+        1,
+        sharex=True,
+        squeeze=False,
         figsize=(max(6.0, 0.7 * len(x) + 2), 2.4 * len(summary.metrics) + 1),
     )
     for axis, metric in zip(axes[:, 0], summary.metrics):
@@ -287,6 +311,6 @@ def _plot(summary: Summary, path: Path) -> Path:
     figure.suptitle(f"{summary.sweep_dir.name}: {summary.protocol}", fontsize=9)
     figure.tight_layout()
     try:
-        return io.save_figure(figure, path, dpi=120, bbox_inches="tight")
+        return atomic.save_figure(figure, path, dpi=120, bbox_inches="tight")
     finally:
         plt.close(figure)  # a notebook summarising many sweeps should not keep every figure alive

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
@@ -101,7 +102,11 @@ class ResumeOptunaStudy(Callback):
         complete = sum(trial.state == TrialState.COMPLETE for trial in trials)
         remaining = max(sweeper.n_trials - complete, 0)
         log.info(
-            "resuming study %s: %d of %d trials complete, running %d more", sweeper.study_name, complete, sweeper.n_trials, remaining
+            "resuming study %s: %d of %d trials complete, running %d more",
+            sweeper.study_name,
+            complete,
+            sweeper.n_trials,
+            remaining,
         )
         sweeper.n_trials = remaining
         if sweeper.sampler.get("seed") is not None:
@@ -112,4 +117,6 @@ class ResumeOptunaStudy(Callback):
             # Each job's config is composed again from hydra.overrides.hydra, not from this config.
             subdir = subdir.replace(JOB_NUMBER, f"${{ser.add:{JOB_NUMBER},{len(trials)}}}")
             config.hydra.sweep.subdir = subdir
-            config.hydra.overrides.hydra.append(f"hydra.sweep.subdir='{subdir}'")  # quoted: the override grammar refuses nested ${}
+            config.hydra.overrides.hydra.append(
+                f"hydra.sweep.subdir='{subdir}'"
+            )  # quoted: the override grammar refuses nested ${}

@@ -23,7 +23,7 @@ from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcess
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from . import io
+from . import atomic
 from .config import register_configs
 from .data.datamodule import RavdessDataModule
 from .data.ravdess import EMOTIONS
@@ -150,7 +150,7 @@ def wandb_run_id(run_dir: Path, resuming: bool) -> str:
         return id_file.read_text().strip()
     run_id = uuid.uuid4().hex[:12]  # W&B ids: lowercase letters and digits
     if pl.utilities.rank_zero_only.rank == 0:
-        io.write_text(id_file, run_id + "\n")
+        atomic.write_text(id_file, run_id + "\n")
     return run_id
 
 
@@ -185,12 +185,16 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, history: History) -> list[pl
     ]
     if cfg.callbacks.checkpoint_every_n_steps:
         # within the epoch too, so a SIGKILL loses at most this many optimizer steps
-        callbacks.append(pl.callbacks.ModelCheckpoint(**last, every_n_train_steps=cfg.callbacks.checkpoint_every_n_steps))
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(**last, every_n_train_steps=cfg.callbacks.checkpoint_every_n_steps)
+        )
     if cfg.callbacks.rich_progress and cfg.trainer.enable_progress_bar:
         callbacks.append(pl.callbacks.RichProgressBar())
     if cfg.callbacks.early_stopping_patience is not None:
         callbacks.append(
-            pl.callbacks.EarlyStopping(cfg.callbacks.monitor, mode=cfg.callbacks.mode, patience=cfg.callbacks.early_stopping_patience)
+            pl.callbacks.EarlyStopping(
+                cfg.callbacks.monitor, mode=cfg.callbacks.mode, patience=cfg.callbacks.early_stopping_patience
+            )
         )
     return callbacks
 
@@ -391,15 +395,15 @@ def refuse_unsupported_launchers(trainer: pl.Trainer) -> None:
 
 
 def write_run_artifacts(run_dir: Path, metrics: dict, module: SERModule, history: History, logger) -> None:
-    io.write_json(run_dir / "metrics.json", metrics)
+    atomic.write_json(run_dir / "metrics.json", metrics)
     confusion = getattr(module, "test_confusion", None)
     if confusion is not None:
         figure = plot_confusion_matrix(confusion, module.hparams.labels, title=metrics["protocol"])
-        io.save_figure(figure, run_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight")
+        atomic.save_figure(figure, run_dir / "confusion_matrix.png", dpi=120, bbox_inches="tight")
         if isinstance(logger, pl.loggers.WandbLogger):
             logger.log_image("test/confusion_matrix", [str(run_dir / "confusion_matrix.png")])
     figure = plot_curves(history.train, history.val)
-    io.save_figure(figure, run_dir / "curves.png", dpi=120, bbox_inches="tight")
+    atomic.save_figure(figure, run_dir / "curves.png", dpi=120, bbox_inches="tight")
     if isinstance(logger, pl.loggers.WandbLogger):
         logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, float)})
     log.info("metrics: %s", {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})

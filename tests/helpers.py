@@ -33,7 +33,9 @@ TINY_ENCODER = {
 def clip_names(actors) -> list[str]:
     """Every speech clip name RAVDESS has for these actors (60 per actor)."""
     names = []
-    for actor, emotion, intensity, statement, repetition in itertools.product(actors, EMOTION_CODES, (1, 2), (1, 2), (1, 2)):
+    for actor, emotion, intensity, statement, repetition in itertools.product(
+        actors, EMOTION_CODES, (1, 2), (1, 2), (1, 2)
+    ):
         if emotion == 1 and intensity == 2:  # neutral has no strong intensity
             continue
         names.append(f"03-01-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}.wav")

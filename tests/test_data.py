@@ -21,8 +21,7 @@ from ser.data.prepare import PrepareSettings, StrictError, prepare
 from ser.data.ravdess import EMOBOX_FOLDS, EMOTIONS, parse_name
 from ser.data.splits import SplitError, make_split, write_manifest
 
-from .helpers import clip_names, write_noise_corpus
-
+from .helpers import clip_names
 
 # --- names ---------------------------------------------------------------------------------------
 
@@ -230,7 +229,15 @@ def _metadata(actors=range(1, 25)):
     clips = []
     for name in clip_names(actors):
         parsed = parse_name(name)
-        clips.append({"key": name, "label": parsed.label, "emotion": parsed.emotion, "actor": parsed.actor, "gender": parsed.gender})
+        clips.append(
+            {
+                "key": name,
+                "label": parsed.label,
+                "emotion": parsed.emotion,
+                "actor": parsed.actor,
+                "gender": parsed.gender,
+            }
+        )
     return clips
 
 
@@ -243,7 +250,9 @@ def test_random_split_is_stratified_and_validates_on_test():
     test_counts = Counter(clips[i]["emotion"] for i in split["test"])
     for emotion in EMOTIONS:
         assert abs(test_counts[emotion] / 288 - (train_counts[emotion] + test_counts[emotion]) / 1440) < 0.01
-    assert {clips[i]["actor"] for i in split["test"]} == set(range(1, 25))  # speakers shared: the point of this protocol
+    assert {clips[i]["actor"] for i in split["test"]} == set(
+        range(1, 25)
+    )  # speakers shared: the point of this protocol
 
 
 @pytest.mark.parametrize("fold", range(1, 7))
@@ -262,7 +271,11 @@ def test_speaker_split_is_actor_disjoint_and_gender_balanced():
     clips = _metadata()
     split = make_split(clips, "speaker", seed=3, val_actors=4, test_actors=4)
     actors = {stage: {clips[i]["actor"] for i in split[stage]} for stage in split}
-    assert not (actors["train"] & actors["val"]) and not (actors["train"] & actors["test"]) and not (actors["val"] & actors["test"])
+    assert (
+        not (actors["train"] & actors["val"])
+        and not (actors["train"] & actors["test"])
+        and not (actors["val"] & actors["test"])
+    )
     for stage in ("val", "test"):
         assert sorted(a % 2 for a in actors[stage]) == [0, 0, 1, 1]
     assert len(actors["train"]) == 16
@@ -293,7 +306,6 @@ def test_manifest_lists_every_clip_by_stage(tmp_path):
     rows = path.read_text().splitlines()
     assert rows[0].startswith("stage,key,emotion,actor")
     assert len(rows) == 1 + len(clips)
-
 
 
 # --- trimming ------------------------------------------------------------------------------------
@@ -384,8 +396,15 @@ def test_collate_pads_with_a_mask_and_crops_reproducibly(noise_corpus, tmp_path)
 
 def test_datamodule_gives_padded_batches_and_writes_the_manifest(noise_corpus, tmp_path):
     dm = RavdessDataModule(
-        str(noise_corpus), cache_dir=str(tmp_path / "cache"), split="speaker", val_actors=1, test_actors=1,
-        batch_size=4, max_seconds=0.5, manifest_path=str(tmp_path / "run" / "split.csv"), progress=False,
+        str(noise_corpus),
+        cache_dir=str(tmp_path / "cache"),
+        split="speaker",
+        val_actors=1,
+        test_actors=1,
+        batch_size=4,
+        max_seconds=0.5,
+        manifest_path=str(tmp_path / "run" / "split.csv"),
+        progress=False,
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -408,7 +427,10 @@ def test_ser_prepare_prints_the_summary(noise_corpus, tmp_path, capsys):
     assert "240 clips, 8 emotions, 4 actors" in out and "no file skipped" in out and str(tmp_path / "cache") in out
 
 
-@pytest.mark.parametrize("override, message", [("data.rot=3", "rot"), ("data.batch_size=four", "four"), ("experiment=demo", "data.KEY=VALUE")])
+@pytest.mark.parametrize(
+    "override, message",
+    [("data.rot=3", "rot"), ("data.batch_size=four", "four"), ("experiment=demo", "data.KEY=VALUE")],
+)
 def test_ser_prepare_refuses_unknown_keys_wrong_types_and_other_groups(override, message):
     from ser.cli import main
 

@@ -29,7 +29,9 @@ NO_RANDOMNESS = [  # ranks draw their own dropout masks, so only a run without a
 def train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.mark.slow
@@ -44,9 +46,17 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
         "trainer.num_sanity_val_steps=0",
         "trainer.accumulate_grad_batches=1",
     ]
-    single = tiny_run_overrides(corpus, tmp_path / "cache", *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single")
+    single = tiny_run_overrides(
+        corpus, tmp_path / "cache", *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single"
+    )
     ddp = tiny_run_overrides(
-        corpus, tmp_path / "cache", *common, "trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=4", run_dir=tmp_path / "ddp"
+        corpus,
+        tmp_path / "cache",
+        *common,
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "data.batch_size=4",
+        run_dir=tmp_path / "ddp",
     )
     first = train_py(single, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -54,7 +64,10 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "world_size: 2" in second.stderr or "distributed_backend=gloo" in second.stderr
 
-    one, two = (torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False) for run in ("single", "ddp"))
+    one, two = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        for run in ("single", "ddp")
+    )
     assert one["global_step"] == two["global_step"] == 8
     for key, value in one["state_dict"].items():
         torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=1e-6, msg=key)
@@ -83,7 +96,9 @@ def test_ranks_split_each_global_batch_of_the_bucketed_sampler():
 def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
     corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
     sweep = tmp_path / "sweep"
-    args = tiny_run_overrides(corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp")
+    args = tiny_run_overrides(
+        corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"
+    )
     result = train_py(["-m", *args, "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode != 0
     assert "cannot run inside a Hydra multirun" in result.stderr
@@ -94,7 +109,12 @@ def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
 def test_spawned_ddp_is_refused_in_one_line(tmp_path):
     corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
     args = tiny_run_overrides(
-        corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn", run_dir=tmp_path / "run"
+        corpus,
+        tmp_path / "cache",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp_spawn",
+        run_dir=tmp_path / "run",
     )
     result = train_py(args, tmp_path)
     assert result.returncode == 1

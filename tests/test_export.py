@@ -47,7 +47,9 @@ EHCALABRES_LABELS = dict(enumerate(EMOTIONS))  # 0 angry, 1 calm, ..., 7 surpris
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*(number of training batches|no `val_dataloader`|dataloader is not resumable).*"),
+    pytest.mark.filterwarnings(
+        "ignore:.*(number of training batches|no `val_dataloader`|dataloader is not resumable).*"
+    ),
     pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated"),
 ]
 
@@ -77,18 +79,32 @@ def make_module(norm=LAYER_NORM, **kwargs) -> SERModule:
     torch.manual_seed(0)
     kwargs.setdefault("projector_dim", 16)
     return SERModule(
-        encoder=None, pretrained=False, encoder_config={"model_type": "wav2vec2", **TINY, **norm, **QUIET},
-        scheduler="constant", labels=EMOTIONS, sample_rate=RATE, normalize=True, **kwargs,
+        encoder=None,
+        pretrained=False,
+        encoder_config={"model_type": "wav2vec2", **TINY, **norm, **QUIET},
+        scheduler="constant",
+        labels=EMOTIONS,
+        sample_rate=RATE,
+        normalize=True,
+        **kwargs,
     )
 
 
 def save_checkpoint(module: SERModule, path, train: bool = True):
     """A Lightning checkpoint of `module`, after one optimizer step if `train`."""
-    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     if train:
         waveforms, mask = model_batch(clips([1600, 1100]))
-        batches = [{"waveforms": waveforms, "attention_mask": mask, "labels": torch.tensor([0, 5]), "index": torch.arange(2)}]
+        batches = [
+            {"waveforms": waveforms, "attention_mask": mask, "labels": torch.tensor([0, 5]), "index": torch.arange(2)}
+        ]
         trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     else:
         trainer.strategy.connect(module)
@@ -102,8 +118,13 @@ def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     (run / "checkpoints").mkdir()
     path = save_checkpoint(make_module(), run / "checkpoints" / "last.ckpt")
-    metrics = {"protocol": "EmoBox speaker-independent fold 1 of 6", "test/acc": 0.5, "test/uar": 0.45, "test/f1": 0.4,
-               "checkpoint": str(path)}
+    metrics = {
+        "protocol": "EmoBox speaker-independent fold 1 of 6",
+        "test/acc": 0.5,
+        "test/uar": 0.45,
+        "test/f1": 0.4,
+        "checkpoint": str(path),
+    }
     metrics.update({f"test/recall/{label}": 0.5 for label in EMOTIONS})
     (run / "metrics.json").write_text(json.dumps(metrics))
     return path
@@ -112,16 +133,24 @@ def trained_run(tmp_path_factory):
 def published_classifier(folder, id2label=EHCALABRES_LABELS, norm=LAYER_NORM, seed: int = 0):
     """A Wav2Vec2ForSequenceClassification in the published ehcalabres layout, saved with save_pretrained."""
     torch.manual_seed(seed)
-    config = Wav2Vec2Config(**TINY, **norm, classifier_proj_size=256, use_weighted_layer_sum=False, final_dropout=0.0,
-                            id2label=id2label, label2id={v: k for k, v in id2label.items()})
+    config = Wav2Vec2Config(
+        **TINY,
+        **norm,
+        classifier_proj_size=256,
+        use_weighted_layer_sum=False,
+        final_dropout=0.0,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+    )
     model = Wav2Vec2ForSequenceClassification(config).eval()
     # transformers initialises the head with zero biases; random ones show whether rows follow labels
     with torch.no_grad():
         model.classifier.bias.normal_()
     model.save_pretrained(folder)
     mask = norm is LAYER_NORM
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=mask).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=RATE, padding_value=0.0, do_normalize=True, return_attention_mask=mask
+    ).save_pretrained(folder)
     return model
 
 
@@ -148,7 +177,12 @@ def test_export_hf_gives_the_same_probabilities_in_the_pipeline(tmp_path, traine
     module = SERModule.load_from_checkpoint(checkpoint).eval()
     out = export_hf(checkpoint, tmp_path / "exported")
 
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     config = json.loads((out / "config.json").read_text())
     assert {int(i): label for i, label in config["id2label"].items()} == EHCALABRES_LABELS
     assert config["architectures"] == ["Wav2Vec2ForSequenceClassification"]
@@ -197,7 +231,9 @@ def test_export_hf_refuses_a_non_empty_output_unless_overwrite(tmp_path, trained
 @pytest.mark.parametrize(("head", "pooling"), [("dense_tanh", "mean"), ("hf", "attentive"), ("hf", "stats")])
 def test_export_hf_refuses_heads_transformers_lacks(tmp_path, head, pooling):
     checkpoint = save_checkpoint(make_module(head=head, pooling=pooling), tmp_path / "x.ckpt", train=False)
-    with pytest.raises(ExportError, match=f"head '{head}' with '{pooling}' pooling cannot be exported to transformers.*ONNX") as err:
+    with pytest.raises(
+        ExportError, match=f"head '{head}' with '{pooling}' pooling cannot be exported to transformers.*ONNX"
+    ) as err:
         export_hf(checkpoint, tmp_path / "out")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
@@ -251,7 +287,9 @@ def test_load_hf_classifier_errors_are_one_line(tmp_path):
     Wav2Vec2ForCTC(Wav2Vec2Config(**TINY, **LAYER_NORM)).save_pretrained(ctc)
     Wav2Vec2FeatureExtractor().save_pretrained(ctc)
     bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(bert)
     cases = [
         (tmp_path / "missing", "does not exist"),
         ("someone/not-cached-model", "could not be downloaded"),
@@ -269,13 +307,28 @@ def test_load_hf_classifier_errors_are_one_line(tmp_path):
 
 def test_architecture_of_gives_the_published_layout(ehcalabres, caplog):
     folder, _ = ehcalabres
-    configured = {"encoder": "jonatasgrosman/wav2vec2-large-xlsr-53-english", "pretrained": True, "head": "hf",
-                  "pooling": "attentive", "projector_dim": 256, "use_weighted_layer_sum": False, "lr": 1e-4}
+    configured = {
+        "encoder": "jonatasgrosman/wav2vec2-large-xlsr-53-english",
+        "pretrained": True,
+        "head": "hf",
+        "pooling": "attentive",
+        "projector_dim": 256,
+        "use_weighted_layer_sum": False,
+        "lr": 1e-4,
+    }
     with caplog.at_level(logging.INFO, logger="ser.hub"):
         arguments = architecture_of(folder, configured)
-    assert arguments == {"encoder": str(folder), "pretrained": False, "head": "hf", "pooling": "mean",
-                         "projector_dim": 256, "use_weighted_layer_sum": False}
-    assert "replacing model.encoder=jonatasgrosman/wav2vec2-large-xlsr-53-english, model.pooling=attentive" in caplog.text
+    assert arguments == {
+        "encoder": str(folder),
+        "pretrained": False,
+        "head": "hf",
+        "pooling": "mean",
+        "projector_dim": 256,
+        "use_weighted_layer_sum": False,
+    }
+    assert (
+        "replacing model.encoder=jonatasgrosman/wav2vec2-large-xlsr-53-english, model.pooling=attentive" in caplog.text
+    )
 
 
 def test_init_from_pretrained_reproduces_the_published_model(ehcalabres):
@@ -323,9 +376,15 @@ def test_init_from_pretrained_warns_about_labels_it_lacks(tmp_path, caplog):
 def test_init_from_pretrained_refuses_another_architecture(ehcalabres):
     folder, _ = ehcalabres
     # the encoder differs (hidden size 48 against 32)
-    module = SERModule(encoder=None, pretrained=False, labels=EMOTIONS,
-                       encoder_config={"model_type": "wav2vec2", **TINY, **LAYER_NORM, "hidden_size": 48})
-    with pytest.raises(EncoderError, match=f"hidden_size=32 but the model's encoder has 48: set model.encoder={folder}") as err:
+    module = SERModule(
+        encoder=None,
+        pretrained=False,
+        labels=EMOTIONS,
+        encoder_config={"model_type": "wav2vec2", **TINY, **LAYER_NORM, "hidden_size": 48},
+    )
+    with pytest.raises(
+        EncoderError, match=f"hidden_size=32 but the model's encoder has 48: set model.encoder={folder}"
+    ) as err:
         init_from_pretrained(module, str(folder))
     assert "\n" not in str(err.value)
     # the same encoder, another head

@@ -43,15 +43,23 @@ TINY = dict(
 )
 LAYER_NORM = dict(feat_extract_norm="layer", do_stable_layer_norm=True)  # XLSR-53 style
 GROUP_NORM = dict(feat_extract_norm="group", do_stable_layer_norm=False)  # wav2vec2-base style
-NO_RANDOMNESS = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                     layerdrop=0.0, mask_time_prob=0.0)
+NO_RANDOMNESS = dict(
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    feat_proj_dropout=0.0,
+    layerdrop=0.0,
+    mask_time_prob=0.0,
+)
 
 
 def tiny_config(model_type: str = "wav2vec2", **overrides):
     return load_encoder_config(None, {"model_type": model_type, **TINY, **overrides})
 
 
-def tiny_classifier(model_type: str = "wav2vec2", num_labels: int = 8, config_overrides=None, **kwargs) -> SpeechClassifier:
+def tiny_classifier(
+    model_type: str = "wav2vec2", num_labels: int = 8, config_overrides=None, **kwargs
+) -> SpeechClassifier:
     torch.manual_seed(0)
     encoder = build_encoder(tiny_config(model_type, **(config_overrides or {})), pretrained=False)
     return SpeechClassifier(encoder, num_labels, **kwargs)
@@ -117,7 +125,9 @@ def test_unknown_pooling_lists_the_valid_names():
 @pytest.mark.parametrize("weighted", [False, True], ids=["last-layer", "weighted-sum"])
 @pytest.mark.parametrize("with_mask", [False, True], ids=["no-mask", "mask"])
 def test_hf_head_reproduces_wav2vec2_for_sequence_classification(weighted, with_mask):
-    config = Wav2Vec2Config(**TINY, **LAYER_NORM, num_labels=8, classifier_proj_size=16, use_weighted_layer_sum=weighted)
+    config = Wav2Vec2Config(
+        **TINY, **LAYER_NORM, num_labels=8, classifier_proj_size=16, use_weighted_layer_sum=weighted
+    )
     torch.manual_seed(1)
     reference = Wav2Vec2ForSequenceClassification(config).eval()
     with torch.no_grad():  # non-trivial layer weights, so a wrong softmax or layer order would show
@@ -140,7 +150,9 @@ def test_old_weight_norm_names_load():
     # 2021 checkpoints (the published model's era) predate torch's parametrized weight norm
     reference = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(**TINY, num_labels=8, classifier_proj_size=16)).eval()
     old = {
-        k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
+        k.replace("parametrizations.weight.original0", "weight_g").replace(
+            "parametrizations.weight.original1", "weight_v"
+        ): v
         for k, v in reference.state_dict().items()
     }
     assert "wav2vec2.encoder.pos_conv_embed.conv.weight_g" in old
@@ -207,7 +219,9 @@ def test_ctc_checkpoint_loads_without_its_head(tmp_path):
 
 def test_sequence_classification_checkpoint_loads(tmp_path):
     torch.manual_seed(0)
-    reference = Wav2Vec2ForSequenceClassification(Wav2Vec2Config(**TINY, **LAYER_NORM, num_labels=8, classifier_proj_size=16))
+    reference = Wav2Vec2ForSequenceClassification(
+        Wav2Vec2Config(**TINY, **LAYER_NORM, num_labels=8, classifier_proj_size=16)
+    )
     reference.save_pretrained(tmp_path / "cls")
 
     encoder = build_encoder(load_encoder_config(tmp_path / "cls"), tmp_path / "cls")
@@ -248,7 +262,9 @@ def _one_line(err) -> str:
 
 
 def test_text_model_is_refused(tmp_path):
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37).save_pretrained(tmp_path / "bert")
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37).save_pretrained(
+        tmp_path / "bert"
+    )
     with pytest.raises(EncoderError) as err:
         load_encoder_config(str(tmp_path / "bert"))
     message = _one_line(err)
@@ -291,7 +307,9 @@ def test_clip_shorter_than_one_frame_is_refused():
 # --- padding never changes a clip's logits -------------------------------------------------------
 
 
-@pytest.mark.parametrize("head,pooling", [("hf", "mean"), ("hf", "attentive"), ("dense_tanh", "stats"), ("dense_tanh", "max")])
+@pytest.mark.parametrize(
+    "head,pooling", [("hf", "mean"), ("hf", "attentive"), ("dense_tanh", "stats"), ("dense_tanh", "max")]
+)
 @pytest.mark.parametrize("norm", [GROUP_NORM, LAYER_NORM], ids=["group-norm", "layer-norm"])
 def test_logits_do_not_depend_on_the_batch(norm, head, pooling):
     classifier = tiny_classifier(config_overrides=norm, head=head, pooling=pooling, projector_dim=16).eval()
@@ -357,8 +375,10 @@ def test_freezing_and_parameter_groups():
 def test_state_dict_names_are_transformers_names():
     keys = set(tiny_classifier(use_weighted_layer_sum=True).state_dict())
     assert {"layer_weights", "projector.weight", "projector.bias", "classifier.weight", "classifier.bias"} <= keys
-    assert all(k.startswith("encoder.") for k in keys - {"layer_weights", "projector.weight", "projector.bias",
-                                                          "classifier.weight", "classifier.bias"})
+    assert all(
+        k.startswith("encoder.")
+        for k in keys - {"layer_weights", "projector.weight", "projector.bias", "classifier.weight", "classifier.bias"}
+    )
     keys = set(tiny_classifier(head="dense_tanh").state_dict())
     assert {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"} <= keys
 

@@ -24,7 +24,9 @@ NUM_SAMPLES = 1600  # 0.1 s at 16 kHz: 79 frames from the tiny feature encoder
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*(number of training batches|no `val_dataloader`|dataloader is not resumable).*"),
+    pytest.mark.filterwarnings(
+        "ignore:.*(number of training batches|no `val_dataloader`|dataloader is not resumable).*"
+    ),
     pytest.mark.filterwarnings("ignore:.*bf16-mixed is not supported by the model summary.*"),
     pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated"),
 ]
@@ -32,7 +34,9 @@ pytestmark = [
 
 def make_module(encoder_overrides: dict | None = None, **kwargs) -> SERModule:
     kwargs.setdefault("scheduler", "constant")
-    return SERModule(encoder=None, pretrained=False, encoder_config={**TINY_ENCODER, **(encoder_overrides or {})}, **kwargs)
+    return SERModule(
+        encoder=None, pretrained=False, encoder_config={**TINY_ENCODER, **(encoder_overrides or {})}, **kwargs
+    )
 
 
 class ClipBatches(Dataset):
@@ -53,7 +57,12 @@ class ClipBatches(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        return {"waveforms": self.waveforms[i], "attention_mask": self.mask[i], "labels": self.labels[i], "index": torch.tensor(i)}
+        return {
+            "waveforms": self.waveforms[i],
+            "attention_mask": self.mask[i],
+            "labels": self.labels[i],
+            "index": torch.tensor(i),
+        }
 
 
 def loader(n: int = 8, batch_size: int = 4, **kwargs) -> DataLoader:
@@ -108,7 +117,9 @@ def transformer_layers(module: SERModule) -> list[torch.nn.Parameter]:
 
 def test_fit_validate_test_fast_dev_run():
     module = make_module()
-    run = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    run = pl.Trainer(
+        fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
     run.fit(module, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/uar", "val/f1"} <= set(run.callback_metrics)
     assert module.val_confusion.shape == (8, 8) and int(module.val_confusion.sum()) == 4
@@ -131,7 +142,9 @@ def test_fit_validate_test_fast_dev_run():
 
 def test_bf16_mixed_on_cpu():
     module = make_module()
-    run = pl.Trainer(fast_dev_run=True, accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False)
+    run = pl.Trainer(
+        fast_dev_run=True, accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False
+    )
     run.fit(module, train_dataloaders=loader(), val_dataloaders=loader(seed=1))
     assert torch.isfinite(run.callback_metrics["train/loss"])
     assert next(module.parameters()).dtype == torch.float32  # bf16 only inside autocast
@@ -139,7 +152,13 @@ def test_bf16_mixed_on_cpu():
 
 def test_overfits_one_batch():
     # No dropout or SpecAugment, so the same batch is the same problem at every step.
-    no_noise = {"layerdrop": 0.0, "hidden_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "mask_time_prob": 0.0}
+    no_noise = {
+        "layerdrop": 0.0,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "mask_time_prob": 0.0,
+    }
     torch.manual_seed(0)
     module = make_module(no_noise, lr=1e-3, freeze_feature_encoder=False)
     record = Record()
@@ -179,7 +198,9 @@ def test_checkpoint_is_self_describing(tmp_path):
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]  # plain data: safe to load
     assert hparams["pretrained"] is False and hparams["encoder"] is None
     assert hparams["encoder_config"] == module.model.encoder.config.to_dict()
-    assert hparams["encoder_config"]["num_hidden_layers"] == 2 and "layer_norm_eps" in hparams["encoder_config"]  # full, not the overrides
+    assert (
+        hparams["encoder_config"]["num_hidden_layers"] == 2 and "layer_norm_eps" in hparams["encoder_config"]
+    )  # full, not the overrides
     assert list(hparams["labels"]) == list(EMOTIONS)
     assert hparams["sample_rate"] == 16000 and hparams["normalize"] is True
 
@@ -199,7 +220,9 @@ def test_checkpoint_of_pretrained_encoder_loads_without_it(tmp_path):
 
     module = SERModule(encoder=str(source), pretrained=True, scheduler="constant")
     assert all(m.training for m in module.modules())  # from_pretrained gives eval mode; training needs dropout
-    assert all(torch.equal(a, b) for a, b in zip(module.model.encoder.state_dict().values(), saved.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(module.model.encoder.state_dict().values(), saved.state_dict().values())
+    )
     run = trainer(max_steps=1)
     run.fit(module, train_dataloaders=loader())
     path = tmp_path / "model.ckpt"
@@ -217,8 +240,14 @@ def test_checkpoint_of_pretrained_encoder_loads_without_it(tmp_path):
 
 def test_freeze_encoder_steps_then_unfreeze():
     module = make_module(DETERMINISTIC, lr=1e-3, freeze_encoder_steps=2, freeze_feature_encoder=True)
-    layers0, features0, head0 = snapshot(transformer_layers(module)), snapshot(feature_encoder(module)), snapshot(module.model.head_parameters())
-    watch = {f"layers.{i}": p for i, p in enumerate(transformer_layers(module))} | {f"features.{i}": p for i, p in enumerate(feature_encoder(module))}
+    layers0, features0, head0 = (
+        snapshot(transformer_layers(module)),
+        snapshot(feature_encoder(module)),
+        snapshot(module.model.head_parameters()),
+    )
+    watch = {f"layers.{i}": p for i, p in enumerate(transformer_layers(module))} | {
+        f"features.{i}": p for i, p in enumerate(feature_encoder(module))
+    }
     record = Record(watch)
     run = trainer(max_steps=4, callbacks=[record])
     run.fit(module, train_dataloaders=loader())
@@ -231,7 +260,9 @@ def test_freeze_encoder_steps_then_unfreeze():
     assert all(torch.equal(a, b) for a, b in zip(layers0, layers_after(1)))  # step 2: head only
     assert not all(torch.equal(a, b) for a, b in zip(layers0, layers_after(2)))  # step 3: encoder trains
     assert unchanged(features0, feature_encoder(module))  # the CNN feature encoder never trains
-    assert all(p.requires_grad for p in transformer_layers(module)) and not any(p.requires_grad for p in feature_encoder(module))
+    assert all(p.requires_grad for p in transformer_layers(module)) and not any(
+        p.requires_grad for p in feature_encoder(module)
+    )
 
 
 def test_freeze_encoder_steps_survives_resume(tmp_path):
@@ -334,7 +365,9 @@ def test_unknown_names_are_refused(argument, names):
 
 def test_nan_loss_raises():
     module = make_module()
-    with pytest.raises(FloatingPointError, match=r"^loss became nan at step 0 .*lower optimizer.lr, or use trainer.precision=32"):
+    with pytest.raises(
+        FloatingPointError, match=r"^loss became nan at step 0 .*lower optimizer.lr, or use trainer.precision=32"
+    ):
         trainer(max_steps=2).fit(module, train_dataloaders=loader(nan=True))
 
 

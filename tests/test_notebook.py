@@ -50,7 +50,9 @@ def test_notebook_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
-    images = [output for output in outputs if output.output_type == "display_data" and "image/png" in output.get("data", {})]
+    images = [
+        output for output in outputs if output.output_type == "display_data" and "image/png" in output.get("data", {})
+    ]
     assert len(images) == 3  # the probabilities of the clips, the confusion matrix, the per-class scores
     text = "".join(output.get("text", "") for output in outputs if output.output_type == "stream")
     assert "WA" in text and "UA" in text

@@ -16,10 +16,9 @@ import ser
 from ser.cli import main
 from ser.data import audio
 from ser.data.ravdess import EMOTIONS
-from ser.module import SERModule
 from ser.inference import (
-    Prediction,
     PredictError,
+    Prediction,
     Scorer,
     as_scorer,
     expand_paths,
@@ -29,6 +28,7 @@ from ser.inference import (
     score_waveforms,
     window_bounds,
 )
+from ser.module import SERModule
 
 from .helpers import TINY_ENCODER, write_noise_corpus
 
@@ -47,7 +47,11 @@ def tiny_module(seed: int = 0, encoder: dict | None = None, **kwargs) -> SERModu
     """A random tiny SERModule in eval mode."""
     torch.manual_seed(seed)
     module = SERModule(
-        encoder=None, pretrained=False, encoder_config={**TINY_ENCODER, **(encoder or {})}, scheduler="constant", **kwargs
+        encoder=None,
+        pretrained=False,
+        encoder_config={**TINY_ENCODER, **(encoder or {})},
+        scheduler="constant",
+        **kwargs,
     )
     # A fresh head gives nearly equal logits; larger weights make the classes distinct, so that
     # comparisons of predicted labels are not decided by rounding.
@@ -58,7 +62,13 @@ def tiny_module(seed: int = 0, encoder: dict | None = None, **kwargs) -> SERModu
 
 def save_checkpoint(module: SERModule, path: Path) -> Path:
     """A Lightning checkpoint of ``module``, as training writes them (without training)."""
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path
@@ -167,8 +177,15 @@ def test_plan_batches_sorts_by_length_and_keeps_lengths_equal_when_asked():
 
 
 def test_expand_paths_files_directories_globs(audio_tree, tmp_path):
-    found = expand_paths([tmp_path / "clips", str(tmp_path / "more" / "*.wav"), audio_tree["flac"], tmp_path / "missing.wav",
-                          str(tmp_path / "nothing" / "*.wav")])
+    found = expand_paths(
+        [
+            tmp_path / "clips",
+            str(tmp_path / "more" / "*.wav"),
+            audio_tree["flac"],
+            tmp_path / "missing.wav",
+            str(tmp_path / "nothing" / "*.wav"),
+        ]
+    )
     paths = [Path(p) for p, reason in found if reason is None]
     assert paths == [audio_tree["wav"], audio_tree["flac"], audio_tree["wav16"]]  # the flac named twice comes once
     reasons = {Path(p).name: reason for p, reason in found if reason is not None}
@@ -268,7 +285,9 @@ def test_model_without_attention_mask_gets_only_equal_lengths(tmp_path):
     predictions = predict(scorer, files, batch_size=8)
     assert len(seen) == 3 and all(mask is None for _, mask in seen)  # one pass per length, unpadded
     for file, prediction in zip(files, predictions):
-        np.testing.assert_allclose(probabilities_of(prediction), transformers_probabilities(model, extractor, file), atol=1e-5)
+        np.testing.assert_allclose(
+            probabilities_of(prediction), transformers_probabilities(model, extractor, file), atol=1e-5
+        )
 
 
 def test_unreadable_files_are_reported_and_the_others_scored(checkpoint, audio_tree, tmp_path):
@@ -284,7 +303,9 @@ def test_unreadable_files_are_reported_and_the_others_scored(checkpoint, audio_t
     short = tmp_path / "bad" / "short.wav"
     sf.write(short, noise(0.001, 16_000), 16_000)  # 16 samples: fewer than one frame of the encoder needs
 
-    predictions = predict(path, [audio_tree["wav"], broken, truncated, empty, short, tmp_path / "gone.wav", audio_tree["flac"]])
+    predictions = predict(
+        path, [audio_tree["wav"], broken, truncated, empty, short, tmp_path / "gone.wav", audio_tree["flac"]]
+    )
     errors = {Path(p.path).name: p.error for p in predictions}
     assert errors["stereo48k.wav"] is None and errors["mono22k.flac"] is None
     assert errors["random.wav"].startswith("cannot be decoded")
@@ -300,7 +321,21 @@ def test_cli_predict_json_lines_and_exit_status(checkpoint, audio_tree, tmp_path
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF....WAVEnot really")
     with pytest.raises(SystemExit) as exit_info:
-        main(["-q", "predict", str(path), str(audio_tree["wav"]), str(broken), str(audio_tree["flac"]), "--json", "--window", "0.2", "--hop", "0.1"])
+        main(
+            [
+                "-q",
+                "predict",
+                str(path),
+                str(audio_tree["wav"]),
+                str(broken),
+                str(audio_tree["flac"]),
+                "--json",
+                "--window",
+                "0.2",
+                "--hop",
+                "0.1",
+            ]
+        )
     assert exit_info.value.code == 1
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]

@@ -27,7 +27,8 @@ BATCHES_PER_EPOCH = 6  # with accumulation 2: 3 optimizer steps per epoch, 6 in 
 def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str]:
     """Two short epochs, dropout and SpecAugment on, accumulation 2, last.ckpt at every step."""
     return tiny_run_overrides(
-        corpus, cache,
+        corpus,
+        cache,
         "data.batch_size=4",
         "model.encoder_config.mask_time_prob=0.2",
         "trainer.max_epochs=2",
@@ -48,7 +49,11 @@ def run(args: list[str], *flags: str) -> subprocess.CompletedProcess:
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "tests.interrupt", json.dumps(args), *flags],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -88,7 +93,10 @@ def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "metrics.json").is_file() and not elsewhere.exists()  # the run continued in its own directory
     assert_same_weights(weights(run_dir), weights(reference))
-    assert json.loads((run_dir / "metrics.json").read_text())["val/loss"] == json.loads((reference / "metrics.json").read_text())["val/loss"]
+    assert (
+        json.loads((run_dir / "metrics.json").read_text())["val/loss"]
+        == json.loads((reference / "metrics.json").read_text())["val/loss"]
+    )
 
     # one W&B run, continued: the offline directories of both processes carry the same run id
     run_id = (run_dir / "wandb_run_id").read_text().strip()
@@ -150,8 +158,19 @@ def test_a_requeued_slurm_job_resumes_from_its_newest_checkpoint(tmp_path, monke
 
 def test_ckpt_path_last_without_a_checkpoint_fails_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "experiment=demo", "ckpt_path=last", f"hydra.run.dir={tmp_path}/run", "logger=none"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "experiment=demo",
+            "ckpt_path=last",
+            f"hydra.run.dir={tmp_path}/run",
+            "logger=none",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]

@@ -32,7 +32,12 @@ def test_fold_sweep(tmp_path, capsys):
         make_job(
             tmp_path / str(i),
             ["data.split=fold", f"data.fold={i + 1}"],
-            {"test/acc": acc, "test/uar": uar, "test/f1": f1, "protocol": f"EmoBox speaker-independent fold {i + 1} of 6"},
+            {
+                "test/acc": acc,
+                "test/uar": uar,
+                "test/f1": f1,
+                "protocol": f"EmoBox speaker-independent fold {i + 1} of 6",
+            },
         )
 
     summary = summarize(tmp_path)
@@ -65,7 +70,9 @@ def test_lr_sweep_with_a_failed_job(tmp_path):
     # one level deeper than Hydra's default, as a custom hydra.sweep.subdir may put it
     finished = {"1e-4": 0.70, "3e-4": 0.60, "3e-3": 0.50}
     for lr, uar in finished.items():
-        make_job(tmp_path / "lr" / lr, ["experiment=demo", f"optimizer.lr={lr}"], {"test/uar": uar, "protocol": protocol})
+        make_job(
+            tmp_path / "lr" / lr, ["experiment=demo", f"optimizer.lr={lr}"], {"test/uar": uar, "protocol": protocol}
+        )
     log = (
         "[2024-05-01 12:00:00,000][ser.train][INFO] - run directory: ...\n"
         "[2024-05-01 12:00:01,000][ser.train][ERROR] - error: grad norm is inf\n"

@@ -79,7 +79,9 @@ def test_a_failed_job_leaves_the_others_and_a_summary_that_names_it(tiny_overrid
     rows = _summary_rows(sweep)
     assert {name: row["status"] for name, row in rows.items()} == {"0": "failed", "1": "finished"}
     assert "unknown pooling 'nosuch'" in rows["0"]["reason"]
-    assert float(rows["1"]["test/acc"]) == pytest.approx(json.loads((sweep / "1" / "metrics.json").read_text())["test/acc"])
+    assert float(rows["1"]["test/acc"]) == pytest.approx(
+        json.loads((sweep / "1" / "metrics.json").read_text())["test/acc"]
+    )
     markdown = (sweep / "summary.md").read_text()
     assert "| model.pooling=nosuch | failed: " in markdown and "| model.pooling=mean | finished |" in markdown
 
@@ -116,7 +118,9 @@ def test_resuming_adjusts_the_sweeper_config_to_the_study_found(tmp_path):
 
     ResumeOptunaStudy().on_multirun_start(config=cfg)
 
-    study = optuna.load_study(study_name="ser", storage=cfg.hydra.sweeper.storage)  # not the cached view of the killed search
+    study = optuna.load_study(
+        study_name="ser", storage=cfg.hydra.sweeper.storage
+    )  # not the cached view of the killed search
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
     assert cfg.hydra.sweeper.n_trials == 3
     assert cfg.hydra.sweeper.sampler.seed == 42 + 3
@@ -146,7 +150,9 @@ def _trial_states(database: Path) -> list[tuple[int, str]]:
 
 
 def _snapshot(job_dir: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(job_dir)): (p.stat().st_mtime_ns, p.stat().st_size) for p in job_dir.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(job_dir)): (p.stat().st_mtime_ns, p.stat().st_size) for p in job_dir.rglob("*") if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -168,7 +174,9 @@ def test_an_interrupted_optuna_search_resumes_the_same_study(tiny_overrides, tmp
                 break
             time.sleep(0.2)
         else:
-            pytest.fail("the search ended or stalled before trial 1 started:\n" + (tmp_path / "first.log").read_text()[-3000:])
+            pytest.fail(
+                "the search ended or stalled before trial 1 started:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            )
         search.send_signal(signal.SIGKILL)
         assert search.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -193,7 +201,12 @@ def test_an_interrupted_optuna_search_resumes_the_same_study(tiny_overrides, tmp
     learning_rates = [trial.params["optimizer.lr"] for trial in study.trials]
     assert len(set(learning_rates)) == 4  # the resumed sampler did not draw the first trials again
     rows = _summary_rows(sweep)
-    assert {name: row["status"] for name, row in rows.items()} == {"0": "finished", "1": "failed", "2": "finished", "3": "finished"}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "0": "finished",
+        "1": "failed",
+        "2": "finished",
+        "3": "finished",
+    }
     assert float(rows["2"]["objective"]) == pytest.approx(study.trials[2].value)
 
 
@@ -244,13 +257,25 @@ def test_slurm_launcher_renders_one_array_job_of_ddp_tasks_per_sweep_point(tmp_p
     srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
     # the callbacks travel to the cluster inside the pickled launcher: they must pickle
-    launcher.setup(hydra_context=HydraContext(config_loader=config_loader, callbacks=Callbacks(cfg)), task_function=print, config=cfg)
+    launcher.setup(
+        hydra_context=HydraContext(config_loader=config_loader, callbacks=Callbacks(cfg)),
+        task_function=print,
+        config=cfg,
+    )
     with pytest.raises(_Submitted):
         launcher.launch([["data.fold=1"], ["data.fold=2"]], initial_job_idx=0)
 
     [sbatch] = scripts
     lines = set(sbatch.splitlines())
-    for flag in ("--array=0-1%2", "--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=2", "--partition=gpu",
-                 "--time=240", "--signal=USR1@180", "--requeue"):
+    for flag in (
+        "--array=0-1%2",
+        "--gpus-per-node=4",
+        "--ntasks-per-node=4",
+        "--nodes=2",
+        "--partition=gpu",
+        "--time=240",
+        "--signal=USR1@180",
+        "--requeue",
+    ):
         assert f"#SBATCH {flag}" in lines, (flag, sbatch)
     assert "USR2" not in sbatch  # Lightning's USR1 handler saves and requeues; submitit's would restart

@@ -20,7 +20,9 @@ ACTORS = (1, 2)  # one male, one female
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return synthesize_corpus(tmp_path_factory.mktemp("synth") / "ravdess", actors=list(ACTORS), seed=0, progress=False, workers=1)
+    return synthesize_corpus(
+        tmp_path_factory.mktemp("synth") / "ravdess", actors=list(ACTORS), seed=0, progress=False, workers=1
+    )
 
 
 def wavs(root: Path) -> list[Path]:

@@ -85,10 +85,17 @@ def local_encoder(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("group", ["model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "data", "experiment"])
+@pytest.mark.parametrize(
+    "group", ["model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "data", "experiment"]
+)
 def test_every_option_of_every_group_composes_and_instantiates(group, local_encoder, corpus_dir, tmp_path):
     for option in _options(group):
-        overrides = [f"{group}={option}", f"run_dir={tmp_path / option}", f"data.root={corpus_dir}", "data.synthesize_actors=null"]
+        overrides = [
+            f"{group}={option}",
+            f"run_dir={tmp_path / option}",
+            f"data.root={corpus_dir}",
+            "data.synthesize_actors=null",
+        ]
         if group != "model" or option != "tiny":
             overrides.append(f"model.encoder={local_encoder}")  # the Hub is out of reach: a local stand-in
         cfg = compose_config(overrides)
@@ -124,7 +131,14 @@ def test_model_overrides_reach_the_module(tiny_cfg):
 def test_train_writes_a_complete_run_directory(tiny_cfg, tmp_path):
     metrics = train(tiny_cfg)
     run = Path(tiny_cfg.run_dir)
-    for name in ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "confusion_matrix.png", "curves.png", "split.csv"):
+    for name in (
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "confusion_matrix.png",
+        "curves.png",
+        "split.csv",
+    ):
         assert (run / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
     for key in ("test/acc", "test/uar", "test/f1", "test/recall/angry", "test/f1/surprised", "protocol", "objective"):
@@ -187,7 +201,12 @@ def _run_train(args: list[str], tmp_path: Path, env_extra: dict | None = None) -
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env_extra or {})}
     env = {k: v for k, v in env.items() if v is not None and k != "WANDB_API_KEY"}
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -196,8 +215,15 @@ def test_multirun_with_wandb_offline_leaves_one_run_per_job(tiny_overrides, tmp_
     overrides = [o for o in tiny_overrides if not o.startswith(("logger=", "run_dir="))]
     sweep = tmp_path / "sweep"
     result = _run_train(
-        ["-m", *overrides, "logger=wandb", "optimizer.lr=1e-4,3e-4", "test_after_fit=false", f"hydra.sweep.dir={sweep}",
-         "run_dir=${hydra:runtime.output_dir}"],
+        [
+            "-m",
+            *overrides,
+            "logger=wandb",
+            "optimizer.lr=1e-4,3e-4",
+            "test_after_fit=false",
+            f"hydra.sweep.dir={sweep}",
+            "run_dir=${hydra:runtime.output_dir}",
+        ],
         tmp_path,
         {"WANDB_MODE": None},  # the config's own choice (offline without a key) must hold, not the environment's
     )
@@ -209,8 +235,15 @@ def test_multirun_with_wandb_offline_leaves_one_run_per_job(tiny_overrides, tmp_
 
 
 def test_missing_encoder_fails_in_one_clear_line(tmp_path):
-    result = _run_train(["model.encoder=nobody/no-such-encoder", f"data.root={tmp_path}/none", "data.download=false",
-                         f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    result = _run_train(
+        [
+            "model.encoder=nobody/no-such-encoder",
+            f"data.root={tmp_path}/none",
+            "data.download=false",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "nobody/no-such-encoder" in last
@@ -218,8 +251,16 @@ def test_missing_encoder_fails_in_one_clear_line(tmp_path):
 
 
 def test_missing_corpus_fails_in_one_clear_line(tmp_path, local_encoder):
-    result = _run_train([f"model.encoder={local_encoder}", f"data.root={tmp_path}/none", "data.download=false",
-                         f"hydra.run.dir={tmp_path}/run", "logger=none"], tmp_path)
+    result = _run_train(
+        [
+            f"model.encoder={local_encoder}",
+            f"data.root={tmp_path}/none",
+            "data.download=false",
+            f"hydra.run.dir={tmp_path}/run",
+            "logger=none",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and f"{tmp_path}/none" in last and "Audio_Speech_Actors_01-24.zip" in last
@@ -227,7 +268,17 @@ def test_missing_corpus_fails_in_one_clear_line(tmp_path, local_encoder):
 
 
 def test_out_of_range_fold_fails_in_one_clear_line(tmp_path, local_encoder, corpus_dir):
-    result = _run_train([f"model.encoder={local_encoder}", f"data.root={corpus_dir}", "data.split=fold", "data.fold=7",
-                         f"data.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", "logger=none"], tmp_path)
+    result = _run_train(
+        [
+            f"model.encoder={local_encoder}",
+            f"data.root={corpus_dir}",
+            "data.split=fold",
+            "data.fold=7",
+            f"data.cache_dir={tmp_path}/cache",
+            f"hydra.run.dir={tmp_path}/run",
+            "logger=none",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 1
     assert "folds 1 to 6" in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr

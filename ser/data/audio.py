@@ -91,7 +91,9 @@ def speech_bounds(
     return max(0, loud[0] * frame - margin), min(len(samples), (loud[-1] + 1) * frame + margin)
 
 
-def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0, margin_seconds: float = 0.1) -> np.ndarray:
+def trim_silence(
+    samples: np.ndarray, sample_rate: int, threshold_db: float = -40.0, margin_seconds: float = 0.1
+) -> np.ndarray:
     """``(T,)`` audio without its leading and trailing silence (see :func:`speech_bounds`).
 
     RAVDESS clips carry about a second of silence around the speech, which costs compute and teaches nothing.
@@ -129,7 +131,9 @@ def to_model_input(
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def load(path: str | Path, target_rate: int = SAMPLE_RATE, normalize: bool = True, trim_db: float | None = None) -> np.ndarray:
+def load(
+    path: str | Path, target_rate: int = SAMPLE_RATE, normalize: bool = True, trim_db: float | None = None
+) -> np.ndarray:
     """Read any file ``soundfile`` understands as model input ``(T,)`` (see :func:`to_model_input`)."""
     audio, sample_rate = decode(Path(path).read_bytes())
     return to_model_input(audio, sample_rate, target_rate, normalize, trim_db)

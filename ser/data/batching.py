@@ -6,7 +6,7 @@ compute spent on padded frames; grouping clips of similar length keeps that wast
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,9 +45,15 @@ class ClipDataset(Dataset):
             if epoch is None:  # evaluation: the centre, reproducibly
                 start = (len(samples) - self.max_samples) // 2
             else:
-                start = int(np.random.default_rng((self.seed, epoch, index)).integers(len(samples) - self.max_samples + 1))
+                start = int(
+                    np.random.default_rng((self.seed, epoch, index)).integers(len(samples) - self.max_samples + 1)
+                )
             samples = samples[start : start + self.max_samples]
-        return {"waveform": torch.from_numpy(np.array(samples)), "label": self.corpus.clips[index]["label"], "index": index}
+        return {
+            "waveform": torch.from_numpy(np.array(samples)),
+            "label": self.corpus.clips[index]["label"],
+            "index": index,
+        }
 
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
@@ -118,7 +124,7 @@ class LengthBucketBatchSampler(Sampler[list]):
         self.epoch = epoch
 
     @property
-    def sampler(self) -> "LengthBucketBatchSampler":
+    def sampler(self) -> LengthBucketBatchSampler:
         """Itself: each epoch Lightning calls ``set_epoch`` on ``batch_sampler.sampler``, not on the batch sampler."""
         return self
 

@@ -124,7 +124,9 @@ def open_source(root: str | Path, download: bool = True, progress: bool = True) 
     if root.is_file():
         if zipfile.is_zipfile(root):
             return ArchiveSource(root)
-        raise CorpusError(f"data.root={root} is a file but not a zip archive; point it at the corpus directory or archive")
+        raise CorpusError(
+            f"data.root={root} is a file but not a zip archive; point it at the corpus directory or archive"
+        )
     if root.is_dir() and _has_actor_dirs(root):
         return DirectorySource(root)
     archive = root / RAVDESS_ARCHIVE

@@ -79,9 +79,7 @@ def fetch_archive(
         hash_alg=_hash_alg(known_hash),
     )
     try:
-        path = pooch.retrieve(
-            url, known_hash=known_hash, fname=filename, path=dest_dir, downloader=downloader
-        )
+        path = pooch.retrieve(url, known_hash=known_hash, fname=filename, path=dest_dir, downloader=downloader)
     except ValueError:
         # pooch signals a checksum mismatch with a ValueError after deleting the file; anything else
         # (a malformed known_hash, say) is a programming error and goes up unchanged.
@@ -140,9 +138,7 @@ class _ResumingDownloader:
     def __call__(self, url: str, output_file, pooch_obj, check_only: bool = False):
         if check_only:  # Pooch.is_available asks only whether the URL answers.
             try:
-                response = requests.head(
-                    url, allow_redirects=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-                )
+                response = requests.head(url, allow_redirects=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
             except requests.RequestException:
                 return False
             return response.ok
@@ -170,9 +166,7 @@ class _ResumingDownloader:
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
-        response = requests.get(
-            url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-        )
+        response = requests.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
         with response:
             if have and response.status_code == 416:
                 # Nothing left to send from that offset: either the .part is already complete (a

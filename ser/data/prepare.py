@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_json
 from . import audio
-from ..io import write_json
 from .corpus import ArchiveSource, CorpusError, DirectorySource, SourceFile, open_source
 from .ravdess import parse_name
 
@@ -119,18 +119,28 @@ def _process(task: tuple[DirectorySource | ArchiveSource, SourceFile, PrepareSet
     return audio.to_model_input(samples, rate, settings.sample_rate, settings.normalize, settings.trim_db), None, digest
 
 
-def _sort_out(files: list[SourceFile], settings: PrepareSettings) -> tuple[list[tuple[SourceFile, object]], list[dict], int]:
+def _sort_out(
+    files: list[SourceFile], settings: PrepareSettings
+) -> tuple[list[tuple[SourceFile, object]], list[dict], int]:
     """Split files into well-named clips to decode, files skipped by name, and clips excluded by the filter."""
     keep, skipped, excluded, seen = [], [], 0, {}
     for file in files:
         try:
             name = parse_name(file.key)
         except ValueError as error:
-            skipped.append({"key": file.key, "location": file.location, "reason": f"name outside the RAVDESS scheme: {error}"})
+            skipped.append(
+                {"key": file.key, "location": file.location, "reason": f"name outside the RAVDESS scheme: {error}"}
+            )
             continue
         folder = file.key.split("/")[0]
         if folder.startswith("Actor_") and int(folder[6:]) != name.actor:
-            skipped.append({"key": file.key, "location": file.location, "reason": f"actor {name.actor:02d} in the name but the file is in {folder}"})
+            skipped.append(
+                {
+                    "key": file.key,
+                    "location": file.location,
+                    "reason": f"actor {name.actor:02d} in the name but the file is in {folder}",
+                }
+            )
             continue
         if (name.modality, name.vocal_channel) != (settings.modality, settings.vocal_channel):
             excluded += 1
@@ -252,4 +262,3 @@ def prepare(
     if strict:
         _check_strict(corpus)
     return corpus
-

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..io import write_text
+from ..atomic import write_text
 from .ravdess import EMOBOX_FOLDS
 
 SPLITS = ("random", "speaker", "fold")
@@ -85,7 +85,9 @@ def make_split(
         if not test:
             raise SplitError(f"none of fold {fold}'s test actors {list(EMOBOX_FOLDS[fold])} is in the corpus")
         if len(present) - len(test) < val_actors + 1:
-            raise SplitError(f"fold {fold} leaves too few training actors for {val_actors} validation actors; lower data.val_actors")
+            raise SplitError(
+                f"fold {fold} leaves too few training actors for {val_actors} validation actors; lower data.val_actors"
+            )
     else:
         raise SplitError(f"data.split={split!r} is unknown; choose one of {', '.join(SPLITS)}")
     val = _pick_actors([a for a in present if a not in test], val_actors, rng)

@@ -33,7 +33,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from ..io import write_json
+from ..atomic import write_json
 from .ravdess import EMOTION_CODES, EMOTION_TO_CODE, NUM_ACTORS, SPEECH_CHANNEL, SPEECH_MODALITY, STATEMENTS, ClipName
 
 VERSION = 1  # bump whenever the audio that a seed produces changes, so old corpora are re-made
@@ -57,7 +57,9 @@ def corpus_clips(actors: Sequence[int]) -> list[ClipName]:
             for intensity in (1,) if emotion == "neutral" else (1, 2):
                 for statement in STATEMENTS:
                     for repetition in (1, 2):
-                        clips.append(ClipName(SPEECH_MODALITY, SPEECH_CHANNEL, emotion, intensity, statement, repetition, actor))
+                        clips.append(
+                            ClipName(SPEECH_MODALITY, SPEECH_CHANNEL, emotion, intensity, statement, repetition, actor)
+                        )
     return clips
 
 
@@ -86,7 +88,9 @@ class Voice:
     pitch: float  # eSpeak pitch parameter (0-100, 50 = the variant's own; +1 is about +1.4 % F0)
     pitch_range: float  # eSpeak range parameter (0-100, 50 = normal)
     rate: float  # words per minute
-    source_rate: int  # rate eSpeak's output is taken to have: != 22050 scales F0 and formants alike (vocal tract length)
+    source_rate: (
+        int  # rate eSpeak's output is taken to have: != 22050 scales F0 and formants alike (vocal tract length)
+    )
     gain_db: float  # level relative to the corpus' reference level
     expressiveness: float  # multiplies every emotion's deviation from neutral
 
@@ -239,11 +243,13 @@ def _libc_srand(seed: int) -> None:
 def _unload(lib: ctypes.CDLL) -> None:
     import _ctypes
 
-    close = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary")
+    close = getattr(_ctypes, "dlclose", None) or _ctypes.FreeLibrary
     close(lib._handle)
 
 
-def espeak(text: str, variant: str, rate: float, pitch: float, pitch_range: float, word_gap: float = 0, noise_seed: int = 0) -> np.ndarray:
+def espeak(
+    text: str, variant: str, rate: float, pitch: float, pitch_range: float, word_gap: float = 0, noise_seed: int = 0
+) -> np.ndarray:
     """Speak ``text`` with eSpeak NG's American English and ``variant``.
 
     Returns:
@@ -256,11 +262,22 @@ def espeak(text: str, variant: str, rate: float, pitch: float, pitch_range: floa
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         data_parent = str(Path(espeakng_loader.get_data_path()).parent).encode()  # the folder holding espeak-ng-data
         rate_hz = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, 0)
         if rate_hz != ESPEAK_RATE:
-            raise RuntimeError(f"eSpeak NG failed to start (espeak_Initialize gave {rate_hz}); reinstall espeakng-loader")
+            raise RuntimeError(
+                f"eSpeak NG failed to start (espeak_Initialize gave {rate_hz}); reinstall espeakng-loader"
+            )
         lib.espeak_SetSynthCallback(_collect)
         if lib.espeak_SetVoiceByName(f"en-us+{variant}".encode()) != _EE_OK:
             raise RuntimeError(f"eSpeak NG has no voice en-us+{variant}; reinstall espeakng-loader")
@@ -408,7 +425,9 @@ def _init_worker(library: str) -> None:
 def _actor_list(actors: int | Sequence[int]) -> list[int]:
     if isinstance(actors, (int, np.integer)):
         if not 1 <= actors <= NUM_ACTORS:
-            raise ValueError(f"actors={actors} is outside 1-{NUM_ACTORS}; pass a count of actors or a list of actor numbers")
+            raise ValueError(
+                f"actors={actors} is outside 1-{NUM_ACTORS}; pass a count of actors or a list of actor numbers"
+            )
         return list(range(1, int(actors) + 1))
     chosen = sorted({int(a) for a in actors})
     if not chosen or chosen[0] < 1 or chosen[-1] > NUM_ACTORS:
@@ -468,7 +487,9 @@ def synthesize_corpus(
         previous = _read_json(partial)
     present = sorted(out_dir.glob("Actor_*/*.wav"))
     if previous is None and present:
-        raise FileExistsError(f"{out_dir} already holds wav files not written by synthesize_corpus; choose an empty or new directory")
+        raise FileExistsError(
+            f"{out_dir} already holds wav files not written by synthesize_corpus; choose an empty or new directory"
+        )
     marker.unlink(missing_ok=True)
     if previous != params:
         # Files made with other parameters must go before the directory is claimed for these
@@ -516,7 +537,9 @@ def _run(tasks: list[tuple[str, ClipName, int]], workers: int, progress: bool) -
         from multiprocessing import get_context
 
         # spawn, not fork: forking a process that has already run torch's thread pools can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(library,)) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(library,)
+        ) as pool:
             done = pool.map(_write_clip, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
             for _ in track(done, total=len(tasks), description="Synthesising speech", disable=not progress):
                 pass

@@ -125,7 +125,9 @@ class SpeechClassifier(nn.Module):
         if (frames < 1).any():
             i = int(torch.argmin(frames))
             need = 1
-            for kernel, stride in zip(reversed(self.encoder.config.conv_kernel), reversed(self.encoder.config.conv_stride)):
+            for kernel, stride in zip(
+                reversed(self.encoder.config.conv_kernel), reversed(self.encoder.config.conv_stride)
+            ):
                 need = (need - 1) * stride + kernel
             raise ValueError(
                 f"clip {i} has {int(lengths[i])} samples, fewer than the {need} the encoder needs for one frame: "
@@ -237,14 +239,17 @@ def hf_state_dict(classifier: SpeechClassifier) -> dict[str, Tensor]:
     _check_hf_compatible(classifier)
     prefix = classifier.encoder.base_model_prefix
     return {
-        (f"{prefix}.{key[len('encoder.'):]}" if key.startswith("encoder.") else key): value
+        (f"{prefix}.{key[len('encoder.') :]}" if key.startswith("encoder.") else key): value
         for key, value in classifier.state_dict().items()
     }
 
 
 # Checkpoints saved before torch's parametrized weight norm (the 2021 ones) name the positional
 # convolution's weight norm the old way.
-_OLD_WEIGHT_NORM = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
+_OLD_WEIGHT_NORM = {
+    ".weight_g": ".parametrizations.weight.original0",
+    ".weight_v": ".parametrizations.weight.original1",
+}
 
 
 def load_hf_state_dict(classifier: SpeechClassifier, state_dict: Mapping[str, Tensor], strict: bool = True):
@@ -258,7 +263,7 @@ def load_hf_state_dict(classifier: SpeechClassifier, state_dict: Mapping[str, Te
     renamed = {}
     for key, value in state_dict.items():
         if key.startswith(prefix):
-            key = "encoder." + key[len(prefix):]
+            key = "encoder." + key[len(prefix) :]
         for old, new in _OLD_WEIGHT_NORM.items():
             if key.endswith(old) and key not in own_keys:
                 key = key[: -len(old)] + new
