@@ -431,9 +431,10 @@ def test_ser_prepare_prints_the_summary(noise_corpus, tmp_path, capsys):
     "override, message",
     [("data.rot=3", "rot"), ("data.batch_size=four", "four"), ("experiment=demo", "data.KEY=VALUE")],
 )
-def test_ser_prepare_refuses_unknown_keys_wrong_types_and_other_groups(override, message):
+def test_ser_prepare_refuses_unknown_keys_wrong_types_and_other_groups(override, message, capsys):
     from ser.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["prepare", override])
-    assert str(exit_info.value).startswith("error:") and message in str(exit_info.value)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1 and error.startswith("error:") and message in error and error.count("\n") == 1

@@ -37,7 +37,7 @@ def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str
         "trainer.accumulate_grad_batches=2",
         "trainer.deterministic=true",
         "trainer.num_sanity_val_steps=0",
-        "callbacks.checkpoint_every_n_steps=1",
+        "checkpoint.every_n_steps=1",
         "test_after_fit=false",
         *extra,
         run_dir=run_dir,
@@ -79,7 +79,7 @@ def reference(corpus_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, reference, tmp_path):
     run_dir = tmp_path / "run"
-    args = overrides(corpus_dir, tmp_path / "cache", run_dir, "logger=wandb", "callbacks.checkpoint_every_n_steps=null")
+    args = overrides(corpus_dir, tmp_path / "cache", run_dir, "logger=wandb", "checkpoint.every_n_steps=null")
     # batch 3 opens the second accumulation window of epoch 0: the stop waits for batch 4
     stopped = run(args, "--at", "3", "--signal", str(int(signal.SIGTERM)))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]

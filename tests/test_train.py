@@ -16,8 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from ser.cli import CONF_DIR
-from ser.config import register_configs
+from ser.config import CONF_DIR, register_configs
 from ser.module import SERModule
 from ser.train import build_datamodule, build_logger, build_module, build_trainer, train
 
@@ -86,7 +85,7 @@ def local_encoder(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize(
-    "group", ["model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "data", "experiment"]
+    "group", ["model", "optimizer", "scheduler", "trainer", "logger", "checkpoint", "data", "experiment"]
 )
 def test_every_option_of_every_group_composes_and_instantiates(group, local_encoder, corpus_dir, tmp_path):
     for option in _options(group):

@@ -21,6 +21,8 @@ import pooch
 import requests
 import urllib3
 
+from ..errors import UserError
+
 __all__ = [
     "RAVDESS_ARCHIVE",
     "RAVDESS_MD5",
@@ -48,7 +50,7 @@ CHUNK_SIZE = 1 << 16
 PART_SUFFIX = ".part"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The archive could not be obtained; the message, one line, says what to do about it."""
 
 
