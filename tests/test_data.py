@@ -450,6 +450,7 @@ def test_synthesize_actors_leaves_an_existing_corpus_alone_and_uses_it(noise_cor
     data = DataConfig(root=str(noise_corpus), cache_dir=str(tmp_path / "cache"), synthesize_actors=2)
     dm = RavdessDataModule.from_config(data, seed=0, progress=False)
     with caplog.at_level("INFO", logger="ser.data.synth"):
+        dm.prepare_data()
         dm.setup()
     assert len(dm.corpus.clips) == 4 * 60  # the noise corpus's 4 actors, not 2 synthetic ones
     assert sorted(p.relative_to(noise_corpus) for p in noise_corpus.rglob("*")) == before

@@ -68,6 +68,7 @@ class RavdessDataModule(pl.LightningDataModule):
         self.manifest_path = manifest_path
         self.progress = progress
         self.corpus: PreparedCorpus | None = None
+        self._corpus_present = False
         self.split: dict | None = None
 
     @classmethod
@@ -98,10 +99,11 @@ class RavdessDataModule(pl.LightningDataModule):
     def load_corpus(self) -> PreparedCorpus:
         """The prepared corpus; with ``synthesize_actors``, a synthetic one is written at ``root`` first
         (once), unless ``root`` holds a corpus already."""
-        if self.synthesize_actors:
+        if self.synthesize_actors and not self._corpus_present:
             from .synth import synthesize_unless_present
 
             synthesize_unless_present(self.root, actors=self.synthesize_actors, progress=self.progress)
+            self._corpus_present = True  # fit and test each load the corpus: check (and say) once
         return prepare(
             self.root, self.cache_dir, self.settings, strict=self.strict, download=self.download, progress=self.progress
         )
