@@ -105,7 +105,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if not console.is_terminal:
             # rich lays a table out at 80 columns in a file or a pipe, folding long paths across lines:
             # make it as wide as its longest row instead, so every path stays whole on its line
-            console = Console(width=max(console.width, console.measure(table).maximum))
+            natural = Console(width=1 << 20).measure(table).maximum
+            console = Console(width=max(console.width, natural))
         console.print(table)
     failed = [p for p in predictions if p.error is not None]
     for p in failed:
@@ -129,7 +130,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     stage = metrics["stage"]
-    console = Console()
+    console = Console(soft_wrap=True)  # the model's and the output folder's paths stay whole on their lines
     console.print(f"[bold]{metrics['model']}[/] on {metrics['clips']} {stage} clips, {metrics['protocol']}")
     console.print(
         f"WA (accuracy) {metrics[f'{stage}/acc']:.4f}   UA (macro recall) {metrics[f'{stage}/uar']:.4f}   "
