@@ -50,7 +50,9 @@ class ModelConfig:
     encoder: str | None = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
     encoder_config: dict[str, Any] | None = None  # inline config: a randomly initialised encoder
     pretrained: bool = True
-    init_from: str | None = None  # a Hugging Face audio-classification model to start from, head included
+    # a Hugging Face audio-classification model to start from, head included; its architecture wins
+    # over encoder, encoder_config and the head's shape settings
+    init_from: str | None = None
     pooling: str = "mean"  # mean | max | attentive | stats
     head: str = "hf"  # hf (projector + classifier, as Wav2Vec2ForSequenceClassification) | dense_tanh
     projector_dim: int = 256
