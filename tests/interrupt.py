@@ -1,4 +1,7 @@
-"""Train in this process and interrupt it for real: ``python -m tests.interrupt OVERRIDES_JSON [--at N --signal S] [--during-save K]``.
+"""Train in this process and interrupt it for real.
+
+    python -m tests.interrupt OVERRIDES_JSON [--at N --signal S] [--during-save K]
+
 
 ``--at N --signal S`` sends signal S to this process at the start of the N-th training batch (1-based,
 counted over the whole run); ``--during-save K`` kills it with SIGKILL halfway through writing the
@@ -15,8 +18,8 @@ import signal
 import pytorch_lightning as pl
 import torch
 
-import ser.train
-from ser.cli import compose
+from ser.config import compose
+from ser.train import train
 
 
 class SignalAtBatch(pl.Callback):
@@ -55,13 +58,11 @@ def main() -> None:
     parser.add_argument("--signal", type=int, default=signal.SIGTERM)
     parser.add_argument("--during-save", type=int)
     args = parser.parse_args()
-    if args.at is not None:
-        build_callbacks = ser.train.build_callbacks
-        # first in the list, so the flag is up before any other callback looks at it
-        ser.train.build_callbacks = lambda *a: [SignalAtBatch(args.at, args.signal), *build_callbacks(*a)]
+    # first in the Trainer's list, so the flag is up before any other callback looks at it
+    callbacks = [SignalAtBatch(args.at, args.signal)] if args.at is not None else []
     if args.during_save is not None:
         kill_during_save(args.during_save)
-    ser.train.train(compose(json.loads(args.overrides)))
+    train(compose(json.loads(args.overrides)), callbacks=callbacks)
 
 
 if __name__ == "__main__":

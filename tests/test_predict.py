@@ -349,6 +349,8 @@ def test_cli_predict_json_lines_and_exit_status(checkpoint, audio_tree, tmp_path
     main(["-q", "predict", str(path), "clips/a/stereo48k.wav"])  # all scored: no SystemExit
     out, _ = capsys.readouterr()
     assert "clips/a/stereo48k.wav" in out and "emotion" in out
+    main(["-q", "predict", str(path), str(audio_tree["wav"])])  # a long path, into a pipe: whole on its line
+    assert str(audio_tree["wav"]) in capsys.readouterr().out
 
 
 def test_load_model_errors_are_one_line(tmp_path, capsys):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ser.resume import ResumeError, checkpoint_of_requeued_job, resolve_checkpoint
+from ser import atomic
+from ser.resume import AtomicCheckpointIO, ResumeError, checkpoint_of_requeued_job, resolve_checkpoint
 
 from .helpers import tiny_run_overrides
 
@@ -37,7 +38,7 @@ def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str
         "trainer.accumulate_grad_batches=2",
         "trainer.deterministic=true",
         "trainer.num_sanity_val_steps=0",
-        "callbacks.checkpoint_every_n_steps=1",
+        "checkpoint.every_n_steps=1",
         "test_after_fit=false",
         *extra,
         run_dir=run_dir,
@@ -79,7 +80,7 @@ def reference(corpus_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, reference, tmp_path):
     run_dir = tmp_path / "run"
-    args = overrides(corpus_dir, tmp_path / "cache", run_dir, "logger=wandb", "callbacks.checkpoint_every_n_steps=null")
+    args = overrides(corpus_dir, tmp_path / "cache", run_dir, "logger=wandb", "checkpoint.every_n_steps=null")
     # batch 3 opens the second accumulation window of epoch 0: the stop waits for batch 4
     stopped = run(args, "--at", "3", "--signal", str(int(signal.SIGTERM)))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
@@ -185,3 +186,15 @@ def test_only_a_resumed_run_continues_the_w_and_b_run_of_its_directory(tmp_path)
     assert wandb_run_id(tmp_path, resuming=True) == first
     second = wandb_run_id(tmp_path, resuming=False)  # a fresh run in a reused directory
     assert second != first and wandb_run_id(tmp_path, resuming=True) == second
+
+
+def test_checkpoints_and_metrics_get_the_umasks_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, checkpoint)
+        metrics = atomic.write_json(tmp_path / "run" / "metrics.json", {"test/acc": 0.5})
+    finally:
+        os.umask(previous)
+    assert checkpoint.stat().st_mode & 0o777 == 0o644 and metrics.stat().st_mode & 0o777 == 0o644
+    assert torch.load(checkpoint)["state_dict"]["w"].tolist() == [1.0, 1.0]

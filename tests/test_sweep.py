@@ -24,8 +24,7 @@ from hydra.types import HydraContext
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from ser.cli import CONF_DIR
-from ser.config import register_configs
+from ser.config import CONF_DIR, register_configs
 from ser.sweep import ResumeOptunaStudy
 
 from .helpers import tiny_run_overrides

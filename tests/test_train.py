@@ -16,8 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from ser.cli import CONF_DIR
-from ser.config import register_configs
+from ser.config import CONF_DIR, objective_metric, register_configs
 from ser.module import SERModule
 from ser.train import build_datamodule, build_logger, build_module, build_trainer, train
 
@@ -86,7 +85,7 @@ def local_encoder(tmp_path_factory) -> str:
 
 
 @pytest.mark.parametrize(
-    "group", ["model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "data", "experiment"]
+    "group", ["model", "optimizer", "scheduler", "trainer", "logger", "checkpoint", "data", "experiment"]
 )
 def test_every_option_of_every_group_composes_and_instantiates(group, local_encoder, corpus_dir, tmp_path):
     for option in _options(group):
@@ -113,6 +112,19 @@ def test_every_option_of_every_group_composes_and_instantiates(group, local_enco
             assert logger._wandb_init["mode"] == "offline"  # WANDB_MODE=offline from conftest
         else:
             assert (logger is False) == (cfg.logger.name == "none")
+
+
+def test_objective_follows_the_checkpoint_monitor_unless_set():
+    assert objective_metric(compose_config([])) == "val/uar"
+    assert objective_metric(compose_config(["checkpoint.monitor=val/acc"])) == "val/acc"
+    assert objective_metric(compose_config(["checkpoint.monitor=val/acc", "objective=val/f1"])) == "val/f1"
+
+
+def test_the_layers_only_point_down(capsys):
+    """The import-linter contracts of setup.cfg: data below models, Hydra-free inference, the CLI a leaf."""
+    from importlinter.cli import lint_imports
+
+    assert lint_imports(config_filename=str(REPO / "setup.cfg"), no_cache=True) == 0, capsys.readouterr().out
 
 
 def test_model_overrides_reach_the_module(tiny_cfg):

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..errors import UserError
+
 SAMPLE_RATE = 16_000  # every wav2vec 2.0 / HuBERT / WavLM checkpoint was pretrained at 16 kHz
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A file that cannot be used as audio; the message is the reason."""
 
 
