@@ -40,8 +40,6 @@ from .data import audio
 from .data.audio import AUDIO_SUFFIXES
 from .data.batching import pad_batch
 from .errors import UserError, first_line
-from .models.encoder import receptive_field
-from .onnx_runtime import onnx_file
 from .scoring import Scorer, evaluating, module_logits
 
 # Files decoded and scored at a time: bounds memory on large directories, and is still enough
@@ -64,6 +62,8 @@ class CheckpointClassifier:
     uses_attention_mask = True
 
     def __init__(self, module: Any, name: str | None = None):
+        from .models.encoder import receptive_field
+
         hparams = module.hparams
         self.module = module
         self.name = name or type(module).__name__
@@ -141,14 +141,15 @@ def load_model(model: str | Path, device: str | torch.device | None = None) -> S
         if device is not None:
             module.to(device)
         return CheckpointClassifier(module, name=_checkpoint_name(path))
+    # imported here, not above: transformers loads only when a model is loaded
+    from .onnx_runtime import OnnxClassifier, onnx_file
+
     onnx = onnx_file(path)
     if onnx is not None:
         if not onnx.is_file():
             raise PredictError(
                 f"ONNX model {text} does not exist: write one with `ser export CKPT OUT.onnx --format onnx`"
             )
-        from .onnx_runtime import OnnxClassifier
-
         return OnnxClassifier(onnx)
     if path.is_file():
         raise PredictError(f"{text} is neither a .ckpt checkpoint, an .onnx file nor a Hugging Face model directory")
