@@ -296,11 +296,15 @@ def architecture_of(name_or_path: str | Path, current: Mapping | None = None) ->
         if key != "pretrained" and current.get(key) is not None and current[key] != value
     ]
     encoder_config = current.get("encoder_config")
+    ignored = []
     if encoder_config is not None:
         arguments["encoder_config"] = {k: v for k, v in encoder_config.items() if _training_setting(k)}
-        replaced += [f"model.encoder_config.{k}" for k in encoder_config if not _training_setting(k)]
-    if replaced:
-        log.warning("model.init_from=%s decides the architecture; replacing %s", name_or_path, ", ".join(replaced))
+        ignored = [k for k in encoder_config if not _training_setting(k)]
+    changes = ([f"replacing {', '.join(replaced)}"] if replaced else []) + (
+        [f"ignoring model.encoder_config's {', '.join(ignored)}"] if ignored else []
+    )
+    if changes:
+        log.warning("model.init_from=%s decides the architecture; %s", name_or_path, "; ".join(changes))
     return arguments
 
 

@@ -510,7 +510,8 @@ def test_init_from_in_the_demo_takes_the_checkpoints_architecture(tmp_path, capl
         module = build_module(cfg)
     warnings = [r.getMessage() for r in caplog.records if r.name == "ser.hub" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "\n" not in warnings[0]
-    assert "model.projector_dim=128" in warnings[0] and "model.encoder_config.conv_dim" in warnings[0]
+    assert "replacing model.projector_dim=128; ignoring model.encoder_config's model_type, hidden_size" in warnings[0]
+    assert "conv_dim, conv_kernel, conv_stride" in warnings[0]
     assert "hidden_dropout" not in warnings[0]  # training settings still apply
     encoder_config = module.model.encoder.config
     assert list(encoder_config.conv_dim) == list(model.config.conv_dim)
