@@ -428,7 +428,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, overwr
     }
 
     def export_verified(path: Path) -> str:
-        """Write the ONNX file at `path` with the first exporter whose result matches PyTorch; its name."""
+        """Write the ONNX file at `path` with the first exporter whose result matches PyTorch; say which."""
         failures = []
         for dynamo in _exporters():
             kind = "dynamo" if dynamo else "TorchScript"
@@ -442,18 +442,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, overwr
                 log.info("ONNX export with the %s exporter failed: %s", kind, first_line(err))
                 continue
             if math.isfinite(worst) and worst <= TOLERANCE:
-                log.info("exported %s (%s exporter, max |logit difference| %.1e)", checkpoint, kind, worst)
-                return kind
+                return f"{kind} exporter, max |logit difference| {worst:.1e}"
             failures.append(f"{kind} export differs from PyTorch by {worst:.2e}")
         raise ExportError(f"ONNX export of '{checkpoint}' failed: {'; '.join(failures)}")
 
     if in_folder:
         with atomic_dir(out, overwrite=True) as tmp:  # _check_free has refused what must not be replaced
-            export_verified(tmp / ONNX_FILE)
+            how = export_verified(tmp / ONNX_FILE)
         target = out / ONNX_FILE
     else:
         with atomic_file(out) as tmp:
-            export_verified(tmp)
+            how = export_verified(tmp)
         target = out
-    log.info("wrote %s", target)
+    log.info("exported %s to %s (%s)", checkpoint, target, how)
     return target
