@@ -13,7 +13,7 @@ be the checkpoint's: :func:`architecture_of` gives the ``SERModule`` arguments t
 
     init_from = model.pop("init_from")
     if init_from:
-        model.update(architecture_of(init_from, model))   # encoder=init_from, pretrained=False, head, pooling, sizes
+        model.update(architecture_of(init_from, model))   # the checkpoint's encoder, head, pooling and sizes
     module = SERModule(**model, ...)
     if init_from:
         init_from_pretrained(module, init_from)    # every weight, labels mapped by name
