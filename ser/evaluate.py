@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference import PredictError, Scorer, as_scorer, score_waveforms, progress_bar as _progress_bar
+from .inference import PredictError, Scorer, as_scorer, score_waveforms
+from .inference import progress_bar as _progress_bar
 
 log = logging.getLogger(__name__)
 
