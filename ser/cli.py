@@ -157,7 +157,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"ONNX model written to {out}")
         print(f"  score files:   ser predict {out} clip.wav")
         print(
-            "  in Python:     from ser.export import OnnxClassifier; "
+            "  in Python:     from ser.onnx_runtime import OnnxClassifier; "
             f"OnnxClassifier('{out}')(waveforms, attention_mask)"
         )
     else:
@@ -248,12 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = commands.add_parser("export", help="a checkpoint as a Hugging Face model directory or an ONNX file")
     exp.add_argument("checkpoint", type=Path, help="a .ckpt checkpoint of this project")
-    exp.add_argument("out", type=Path, help="output directory (hf) or .onnx file (onnx)")
+    exp.add_argument(
+        "out",
+        type=Path,
+        help="output directory (hf); for onnx, OUT itself when it ends in .onnx, else the file OUT/model.onnx",
+    )
     exp.add_argument(
         "--format",
         choices=("hf", "onnx"),
         default="hf",
-        help="hf: save_pretrained directory for transformers (default); onnx: one ONNX file",
+        help="hf: save_pretrained directory for transformers (default); "
+        'onnx: one ONNX file (needs pip install -e ".[onnx]")',
     )
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
     exp.set_defaults(run=cmd_export)

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference import PredictError, Scorer, _progress_bar, as_scorer, score_waveforms
+from .inference import PredictError, Scorer, as_scorer, score_waveforms
+from .inference import progress_bar as _progress_bar
 
 log = logging.getLogger(__name__)
 

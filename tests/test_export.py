@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,10 +32,13 @@ from transformers import (
 
 from ser.data.audio import to_model_input
 from ser.data.ravdess import EMOTIONS
-from ser.export import ExportError, OnnxClassifier, export_hf, export_onnx
+from ser.errors import UserError
+from ser.export import ExportError, export_hf, export_onnx
 from ser.hub import HFClassifier, architecture_of, init_from_pretrained, load_hf_classifier, map_labels
+from ser.inference import load_model
 from ser.models import EncoderError
 from ser.module import SERModule
+from ser.onnx_runtime import OnnxClassifier
 
 from .helpers import TINY_ENCODER
 
@@ -130,11 +136,14 @@ def trained_run(tmp_path_factory):
     return path
 
 
-def published_classifier(folder, id2label=EHCALABRES_LABELS, norm=LAYER_NORM, seed: int = 0):
-    """A Wav2Vec2ForSequenceClassification in the published ehcalabres layout, saved with save_pretrained."""
+def published_classifier(folder, id2label=EHCALABRES_LABELS, norm=LAYER_NORM, seed: int = 0, **fields):
+    """A Wav2Vec2ForSequenceClassification in the published ehcalabres layout, saved with save_pretrained.
+
+    ``fields`` replace those of the tiny encoder's config.
+    """
     torch.manual_seed(seed)
     config = Wav2Vec2Config(
-        **TINY,
+        **{**TINY, **fields},
         **norm,
         classifier_proj_size=256,
         use_weighted_layer_sum=False,
@@ -438,3 +447,78 @@ def test_onnx_export_refuses_to_overwrite_and_onnx_classifier_checks_its_file(tm
         OnnxClassifier(out)
     with pytest.raises(EncoderError, match="does not exist"):
         OnnxClassifier(tmp_path / "missing.onnx")
+
+
+def test_onnx_export_to_a_path_without_the_suffix_writes_a_folder_that_predict_loads(tmp_path, trained_run):
+    out = export_onnx(trained_run, tmp_path / "exported")
+    assert out == tmp_path / "exported" / "model.onnx" and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no temporary folder left behind
+    scorer = load_model(tmp_path / "exported")
+    assert isinstance(scorer, OnnxClassifier) and scorer.path == out and scorer.labels == list(EMOTIONS)
+    with pytest.raises(ExportError, match="already exists"):
+        export_onnx(trained_run, tmp_path / "exported")
+    assert export_onnx(trained_run, tmp_path / "exported", overwrite=True) == out
+
+
+def test_exports_get_the_mode_the_umask_gives(tmp_path, trained_run):
+    previous = os.umask(0o022)
+    try:
+        hf = export_hf(trained_run, tmp_path / "hf")
+        onnx_file = export_onnx(trained_run, tmp_path / "model.onnx")
+        onnx_folder = export_onnx(trained_run, tmp_path / "onnx").parent
+    finally:
+        os.umask(previous)
+    for folder in (hf, onnx_folder):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+    for file in (hf / "model.safetensors", hf / "config.json", onnx_file, onnx_folder / "model.onnx"):
+        assert file.stat().st_mode & 0o777 == 0o644, file
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_onnx_without_its_packages_names_the_extra(tmp_path, trained_run, monkeypatch, capsys, package):
+    from ser.cli import main
+
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
+    with pytest.raises(UserError, match=r"pip install -e \"\.\[onnx\]\"") as err:
+        export_onnx(trained_run, tmp_path / "model.onnx")
+    assert "\n" not in str(err.value) and not (tmp_path / "model.onnx").exists()
+    if package == "onnxruntime":
+        (tmp_path / "model.onnx").write_bytes(b"an ONNX model")
+        with pytest.raises(SystemExit):
+            main(["-q", "predict", str(tmp_path / "model.onnx"), str(tmp_path)])
+        err = capsys.readouterr().err
+        assert err.startswith("error: onnxruntime is not installed") and '".[onnx]"' in err and err.count("\n") == 1
+
+
+def test_init_from_in_the_demo_takes_the_checkpoints_architecture(tmp_path, caplog):
+    # The demo's model group is a tiny encoder of another shape (4 convolutions, hidden size 96)
+    # than this published classifier (5 convolutions, hidden size 32), as XLSR's 7 are.
+    from hydra import compose, initialize_config_dir
+
+    from ser.config import register_configs
+    from ser.train import build_module
+
+    folder = tmp_path / "published"
+    five_convolutions = {"conv_dim": [8] * 5, "conv_kernel": [10, 3, 3, 3, 2], "conv_stride": [5, 2, 2, 2, 2]}
+    model = published_classifier(folder, **five_convolutions)
+    register_configs()
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=demo", f"model.init_from={folder}"])
+    assert list(cfg.model.encoder_config.conv_dim) != list(model.config.conv_dim)
+    with caplog.at_level(logging.WARNING, logger="ser.hub"):
+        module = build_module(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ser.hub" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "replacing model.projector_dim=128; ignoring model.encoder_config's model_type, hidden_size" in warnings[0]
+    assert "conv_dim, conv_kernel, conv_stride" in warnings[0]
+    assert "hidden_dropout" not in warnings[0]  # training settings still apply
+    encoder_config = module.model.encoder.config
+    assert list(encoder_config.conv_dim) == list(model.config.conv_dim)
+    assert encoder_config.hidden_size == model.config.hidden_size
+    assert encoder_config.hidden_dropout == cfg.model.encoder_config.hidden_dropout
+    raw = clips([2400, 1500], seed=6)
+    waveforms, mask = model_batch(raw)
+    with torch.no_grad():
+        ours = module.eval()(waveforms, mask)
+    torch.testing.assert_close(ours, transformers_logits(model, folder, raw), atol=1e-5, rtol=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -17,6 +18,7 @@ from ser.cli import main
 from ser.data import audio
 from ser.data.ravdess import EMOTIONS
 from ser.inference import (
+    CheckpointClassifier,
     PredictError,
     Prediction,
     Scorer,
@@ -28,6 +30,7 @@ from ser.inference import (
     score_waveforms,
     window_bounds,
 )
+from ser.models import EncoderError
 from ser.module import SERModule
 
 from .helpers import TINY_ENCODER, write_noise_corpus
@@ -276,8 +279,8 @@ def test_model_without_attention_mask_gets_only_equal_lengths(tmp_path):
     scorer = load_model(tmp_path / "base-like")
     assert scorer.uses_attention_mask is False
     seen = []
-    forward = scorer._forward
-    scorer._forward = lambda x, mask: seen.append((x.shape, mask)) or forward(x, mask)
+    logits = scorer.logits
+    scorer.logits = lambda x, mask=None: seen.append((x.shape, mask)) or logits(x, mask)
     files = []
     for i, seconds in enumerate((0.2, 0.3, 0.2, 0.25, 0.3)):
         files.append(tmp_path / f"clip{i}.wav")
@@ -357,7 +360,7 @@ def test_load_model_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(PredictError, match="does not exist"):
         load_model(tmp_path / "nope.ckpt")
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(PredictError, match="no config.json"):
+    with pytest.raises(EncoderError, match="no config.json"):
         load_model(tmp_path / "empty_dir")
     (tmp_path / "fake.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit) as exit_info:
@@ -469,15 +472,46 @@ def test_exported_model_predicts_as_the_checkpoint(fmt, checkpoint, audio_tree, 
         np.testing.assert_allclose(probabilities_of(a), probabilities_of(b), atol=1e-4)
 
 
-def test_scorer_wraps_any_model_with_the_attributes():
+def test_any_model_with_the_scorer_protocol_is_scored():
     class Uniform:
-        labels, sample_rate, normalize, uses_attention_mask = ["a", "b"], 16000, True, True
+        name, labels, sample_rate, normalize, trim_db, uses_attention_mask, min_samples = (
+            "uniform",
+            ["a", "b"],
+            16000,
+            True,
+            None,
+            True,
+            50,
+        )
 
-        def __call__(self, waveforms, attention_mask):
-            return np.zeros((len(waveforms), 2), dtype=np.float32)
+        def logits(self, waveforms, attention_mask=None):
+            return torch.zeros(len(waveforms), 2)
 
-    scorer = as_scorer(Uniform())
-    assert isinstance(scorer, Scorer) and scorer.labels == ["a", "b"] and scorer.min_samples == 1
-    probabilities, errors = score_waveforms(scorer, [np.zeros(100, np.float32)] * 3)
-    np.testing.assert_allclose(probabilities, 0.5)
-    assert errors == [None] * 3
+        def inference(self):
+            return contextlib.nullcontext()
+
+    model = Uniform()
+    assert isinstance(model, Scorer) and as_scorer(model) is model
+    probabilities, errors = score_waveforms(model, [np.zeros(100, np.float32)] * 2 + [np.zeros(49, np.float32)])
+    np.testing.assert_allclose(probabilities[:2], 0.5)
+    assert errors[:2] == [None, None] and errors[2].startswith("too short") and np.isnan(probabilities[2]).all()
+    with pytest.raises(PredictError, match="cannot score with a"):
+        as_scorer(object())
+
+
+def test_checkpoints_hf_models_and_onnx_files_are_scorers(checkpoint, tmp_path):
+    from ser.hub import HFClassifier
+    from ser.onnx_runtime import OnnxClassifier
+
+    path, module = checkpoint
+    scorer = load_model(path)
+    assert isinstance(scorer, CheckpointClassifier) and isinstance(scorer, Scorer)
+    # 40 samples: the receptive field of TINY_ENCODER's CNN
+    assert scorer.labels == list(module.hparams.labels) and scorer.min_samples == 40
+    hf_classifier_dir(tmp_path / "hf")
+    assert isinstance(load_model(tmp_path / "hf"), HFClassifier) and isinstance(load_model(tmp_path / "hf"), Scorer)
+    pytest.importorskip("onnxruntime")
+    main(["-q", "export", str(path), str(tmp_path / "onnx"), "--format", "onnx"])
+    onnx = load_model(tmp_path / "onnx")  # a folder holding model.onnx
+    assert isinstance(onnx, OnnxClassifier) and isinstance(onnx, Scorer)
+    assert (onnx.name, onnx.labels, onnx.min_samples, onnx.trim_db) == ("onnx", scorer.labels, 40, None)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
+from .audio import AUDIO_SUFFIXES
 
 _ACTOR_DIR = re.compile(r"^Actor_\d\d$")
 RAVDESS_ARCHIVE = "Audio_Speech_Actors_01-24.zip"  # the official speech archive on Zenodo
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
 class CorpusError(UserError, RuntimeError):
