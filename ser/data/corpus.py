@@ -19,9 +19,9 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 from .audio import AUDIO_SUFFIXES
+from .ravdess import RAVDESS_ARCHIVE
 
 _ACTOR_DIR = re.compile(r"^Actor_\d\d$")
-RAVDESS_ARCHIVE = "Audio_Speech_Actors_01-24.zip"  # the official speech archive on Zenodo
 
 
 class CorpusError(UserError, RuntimeError):

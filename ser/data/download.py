@@ -22,7 +22,7 @@ import requests
 import urllib3
 
 from ..errors import UserError
-from .corpus import RAVDESS_ARCHIVE
+from .ravdess import RAVDESS_ARCHIVE
 
 __all__ = [
     "RAVDESS_ARCHIVE",
