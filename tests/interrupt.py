@@ -1,4 +1,6 @@
-"""Train in this process and interrupt it for real: ``python -m tests.interrupt OVERRIDES_JSON [--at N --signal S] [--during-save K]``.
+"""Train in this process and interrupt it for real.
+
+``python -m tests.interrupt OVERRIDES_JSON [--at N --signal S] [--during-save K]``
 
 ``--at N --signal S`` sends signal S to this process at the start of the N-th training batch (1-based,
 counted over the whole run); ``--during-save K`` kills it with SIGKILL halfway through writing the
@@ -16,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 import ser.train
-from ser.cli import compose
+from tests.helpers import compose_config
 
 
 class SignalAtBatch(pl.Callback):
@@ -61,7 +63,7 @@ def main() -> None:
         ser.train.build_callbacks = lambda *a: [SignalAtBatch(args.at, args.signal), *build_callbacks(*a)]
     if args.during_save is not None:
         kill_during_save(args.during_save)
-    ser.train.train(compose(json.loads(args.overrides)))
+    ser.train.train(compose_config(json.loads(args.overrides)))
 
 
 if __name__ == "__main__":
