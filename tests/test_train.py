@@ -119,15 +119,6 @@ def test_train_writes_a_complete_run_directory(cfg_train, tmp_path):
 
 
 @pytest.mark.slow
-def test_bf16_on_cpu_trains(cfg_train):
-    with open_dict(cfg_train):
-        cfg_train.trainer.precision = "bf16-mixed"
-        cfg_train.test_after_fit = False
-    metrics = train(cfg_train)
-    assert "val/loss" in metrics and metrics["val/loss"] == metrics["val/loss"]  # finite, not NaN
-
-
-@pytest.mark.slow
 def test_compile_trains_a_compiled_encoder_and_saves_plain_names(cfg_train):
     with open_dict(cfg_train):
         cfg_train.compile = True
@@ -149,14 +140,6 @@ def test_compile_trains_a_compiled_encoder_and_saves_plain_names(cfg_train):
     trainer.save_checkpoint(Path(cfg_train.run_dir) / "compiled.ckpt")
     saved = torch.load(Path(cfg_train.run_dir) / "compiled.ckpt", weights_only=False)["state_dict"]
     assert set(saved) == set(build_module(cfg_train).state_dict())  # the names an uncompiled module loads
-
-
-@pytest.mark.slow
-def test_fast_dev_run(cfg_train):
-    with open_dict(cfg_train):
-        cfg_train.trainer.fast_dev_run = True
-    metrics = train(cfg_train)
-    assert "test/acc" in metrics
 
 
 # --- the command line ----------------------------------------------------------------------------
