@@ -56,7 +56,7 @@ def median_f0(x: np.ndarray, rate: int = 48_000) -> float:
         head = window[:frame]
         if rms_db(head) < -40:
             continue
-        corr = np.array([head @ window[lag : lag + frame] for lag in range(lo, hi)]) / (head @ head)
+        corr = np.lib.stride_tricks.sliding_window_view(window, frame)[lo:hi] @ head / (head @ head)
         if corr.max() > 0.6:
             f0.append(rate / (lo + corr.argmax()))
     return float(np.median(f0))
