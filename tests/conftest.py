@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 # huggingface_hub reads these once, when it is first imported: set them before any test imports it.
@@ -37,9 +38,16 @@ def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
+@pytest.fixture(scope="session")
+def noise_corpus_original(tmp_path_factory) -> Path:
+    """A noise corpus of 4 actors, written once; tests that may change it take ``noise_corpus``."""
+    return write_noise_corpus(tmp_path_factory.mktemp("noise") / "ravdess")
+
+
 @pytest.fixture
-def noise_corpus(tmp_path) -> Path:
-    return write_noise_corpus(tmp_path / "ravdess")
+def noise_corpus(noise_corpus_original, tmp_path) -> Path:
+    """The test's own copy of ``noise_corpus_original`` (new files, new mtimes), free to spoil."""
+    return Path(shutil.copytree(noise_corpus_original, tmp_path / "ravdess", copy_function=shutil.copy))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 
 from ser.data.batching import LengthBucketBatchSampler
 
-from .helpers import TRAIN_PY, run_python, tiny_run_overrides, write_noise_corpus
+from .helpers import TRAIN_PY, run_python, tiny_run_overrides
 
 NO_RANDOMNESS = [  # ranks draw their own dropout masks, so only a run without any can match exactly
     "model.encoder_config.hidden_dropout=0.0",
@@ -26,8 +26,7 @@ def train_py(args: list[str], cwd):
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
-    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+def test_two_cpu_processes_match_one_with_the_same_global_batch(corpus_dir, corpus_cache, tmp_path):
     common = [
         *NO_RANDOMNESS,
         "trainer.accelerator=cpu",
@@ -38,11 +37,11 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
         "trainer.accumulate_grad_batches=1",
     ]
     single = tiny_run_overrides(
-        corpus, tmp_path / "cache", *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single"
+        corpus_dir, corpus_cache, *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single"
     )
     ddp = tiny_run_overrides(
-        corpus,
-        tmp_path / "cache",
+        corpus_dir,
+        corpus_cache,
         *common,
         "trainer.devices=2",
         "trainer.strategy=ddp",
@@ -85,11 +84,10 @@ def test_ranks_split_each_global_batch_of_the_bucketed_sampler():
 
 
 @pytest.mark.slow
-def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
-    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+def test_ddp_inside_a_multirun_is_refused_before_training(corpus_dir, corpus_cache, tmp_path):
     sweep = tmp_path / "sweep"
     args = tiny_run_overrides(
-        corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"
+        corpus_dir, corpus_cache, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"
     )
     result = train_py(["-m", *args, "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode != 0
@@ -99,11 +97,10 @@ def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_spawned_ddp_is_refused_in_one_line(tmp_path):
-    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+def test_spawned_ddp_is_refused_in_one_line(corpus_dir, corpus_cache, tmp_path):
     args = tiny_run_overrides(
-        corpus,
-        tmp_path / "cache",
+        corpus_dir,
+        corpus_cache,
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.strategy=ddp_spawn",

@@ -336,9 +336,15 @@ def test_load_model_errors_are_one_line(tmp_path, capsys):
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def two_actor_corpus(tmp_path_factory) -> Path:
+    """Read only: evaluation never writes into the corpus."""
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2), max_seconds=0.4)
+
+
 @pytest.fixture
-def small_corpus(tmp_path) -> tuple[Path, list[str]]:
-    root = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2), max_seconds=0.4)
+def small_corpus(two_actor_corpus, tmp_path) -> tuple[Path, list[str]]:
+    root = two_actor_corpus
     return root, [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
 
 
