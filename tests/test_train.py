@@ -92,7 +92,6 @@ def test_model_overrides_reach_the_module(cfg_train):
 # --- training ------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_train_writes_a_complete_run_directory(cfg_train, tmp_path):
     metrics = train(cfg_train)
     run = Path(cfg_train.run_dir)
