@@ -881,7 +881,7 @@ def main() -> None:
             seed_job = {**job, "seed": seed, "scratch": str(scratch / f"seed-{seed}")}
             Path(seed_job["scratch"]).mkdir()
             results = take_turns(sides, seed_job, Path(seed_job["scratch"]), names, f"seed {seed}: ")
-            for side, result in results.items():
+            for result in results.values():
                 result.update(validation_scores(seed_job, result))
             for check in ("initial_weights", "train_keys"):
                 values = {r[check] for r in results.values()}

@@ -40,7 +40,7 @@ from ser.models import EncoderError
 from ser.module import SERModule
 from ser.onnx_runtime import OnnxClassifier
 
-from .helpers import TINY_ENCODER
+from .helpers import TINY_ENCODER, save_checkpoint
 
 # the shared tiny encoder without its norm settings, which these tests vary
 TINY = {k: v for k, v in TINY_ENCODER.items() if k not in ("model_type", "feat_extract_norm", "do_stable_layer_norm")}
@@ -96,8 +96,8 @@ def make_module(norm=LAYER_NORM, **kwargs) -> SERModule:
     )
 
 
-def save_checkpoint(module: SERModule, path, train: bool = True):
-    """A Lightning checkpoint of `module`, after one optimizer step if `train`."""
+def trained_checkpoint(module: SERModule, path):
+    """A Lightning checkpoint of `module` after one optimizer step."""
     trainer = pl.Trainer(
         max_steps=1,
         accelerator="cpu",
@@ -106,14 +106,11 @@ def save_checkpoint(module: SERModule, path, train: bool = True):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    if train:
-        waveforms, mask = model_batch(clips([1600, 1100]))
-        batches = [
-            {"waveforms": waveforms, "attention_mask": mask, "labels": torch.tensor([0, 5]), "index": torch.arange(2)}
-        ]
-        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    else:
-        trainer.strategy.connect(module)
+    waveforms, mask = model_batch(clips([1600, 1100]))
+    batches = [
+        {"waveforms": waveforms, "attention_mask": mask, "labels": torch.tensor([0, 5]), "index": torch.arange(2)}
+    ]
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     trainer.save_checkpoint(path)
     return path
 
@@ -123,7 +120,7 @@ def trained_run(tmp_path_factory):
     """A run directory: checkpoints/last.ckpt (head hf, mean pooling, layer norm) and metrics.json."""
     run = tmp_path_factory.mktemp("run")
     (run / "checkpoints").mkdir()
-    path = save_checkpoint(make_module(), run / "checkpoints" / "last.ckpt")
+    path = trained_checkpoint(make_module(), run / "checkpoints" / "last.ckpt")
     metrics = {
         "protocol": "EmoBox speaker-independent fold 1 of 6",
         "test/acc": 0.5,
@@ -182,7 +179,9 @@ def transformers_logits(model, folder, raw: list[np.ndarray]) -> torch.Tensor:
 
 @pytest.mark.parametrize("norm", [LAYER_NORM, GROUP_NORM], ids=["layer_norm", "group_norm"])
 def test_export_hf_gives_the_same_probabilities_in_the_pipeline(tmp_path, trained_run, norm):
-    checkpoint = trained_run if norm is LAYER_NORM else save_checkpoint(make_module(GROUP_NORM), tmp_path / "gn.ckpt")
+    checkpoint = trained_run
+    if norm is GROUP_NORM:
+        checkpoint = trained_checkpoint(make_module(GROUP_NORM), tmp_path / "gn.ckpt")
     module = SERModule.load_from_checkpoint(checkpoint).eval()
     out = export_hf(checkpoint, tmp_path / "exported")
 
@@ -239,7 +238,7 @@ def test_export_hf_refuses_a_non_empty_output_unless_overwrite(tmp_path, trained
 
 @pytest.mark.parametrize(("head", "pooling"), [("dense_tanh", "mean"), ("hf", "attentive"), ("hf", "stats")])
 def test_export_hf_refuses_heads_transformers_lacks(tmp_path, head, pooling):
-    checkpoint = save_checkpoint(make_module(head=head, pooling=pooling), tmp_path / "x.ckpt", train=False)
+    checkpoint = save_checkpoint(make_module(head=head, pooling=pooling), tmp_path / "x.ckpt")
     with pytest.raises(
         ExportError, match=f"head '{head}' with '{pooling}' pooling cannot be exported to transformers.*ONNX"
     ) as err:
@@ -415,7 +414,7 @@ def test_init_from_pretrained_refuses_another_architecture(ehcalabres):
 )
 def test_onnx_export_matches_pytorch_with_dynamic_batch_and_length(tmp_path, head, pooling, norm):
     module = make_module(norm, head=head, pooling=pooling)
-    checkpoint = save_checkpoint(module, tmp_path / "m.ckpt", train=False)
+    checkpoint = save_checkpoint(module, tmp_path / "m.ckpt")
     out = export_onnx(checkpoint, tmp_path / "model.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt", "model.onnx"]  # no temporary file left behind
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import soundfile as sf
 import torch
 
@@ -33,7 +32,7 @@ from ser.inference import (
 from ser.models import EncoderError
 from ser.module import SERModule
 
-from .helpers import TINY_ENCODER, write_noise_corpus
+from .helpers import TINY_ENCODER, save_checkpoint, tiny_module, write_noise_corpus
 
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}  # wav2vec2-base style
 
@@ -44,37 +43,6 @@ pytestmark = [
 
 
 # --- builders ------------------------------------------------------------------------------------
-
-
-def tiny_module(seed: int = 0, encoder: dict | None = None, **kwargs) -> SERModule:
-    """A random tiny SERModule in eval mode."""
-    torch.manual_seed(seed)
-    module = SERModule(
-        encoder=None,
-        pretrained=False,
-        encoder_config={**TINY_ENCODER, **(encoder or {})},
-        scheduler="constant",
-        **kwargs,
-    )
-    # A fresh head gives nearly equal logits; larger weights make the classes distinct, so that
-    # comparisons of predicted labels are not decided by rounding.
-    with torch.no_grad():
-        module.model.classifier.weight.normal_(std=1.0)
-    return module.eval()
-
-
-def save_checkpoint(module: SERModule, path: Path) -> Path:
-    """A Lightning checkpoint of ``module``, as training writes them (without training)."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
 
 
 def noise(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -373,9 +341,15 @@ def test_load_model_errors_are_one_line(tmp_path, capsys):
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def two_actor_corpus(tmp_path_factory) -> Path:
+    """Read only: evaluation never writes into the corpus."""
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2), max_seconds=0.4)
+
+
 @pytest.fixture
-def small_corpus(tmp_path) -> tuple[Path, list[str]]:
-    root = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2), max_seconds=0.4)
+def small_corpus(two_actor_corpus, tmp_path) -> tuple[Path, list[str]]:
+    root = two_actor_corpus
     return root, [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
 
 
