@@ -198,9 +198,11 @@ class Manifest(Corpus):
             except ValueError:
                 problems.append(Problem(row["path"], where, "start/end are not numbers"))
                 continue
+            # Segments of one long file are clips of their own: their key names the segment.
+            key = row["path"] if start is None and end is None else f"{row['path']}@{row.get('start')}-{row.get('end')}"
             clips.append(
                 Clip(
-                    row["path"],
+                    key,
                     str(self._resolve(row["path"])),
                     row.get("label", ""),
                     row.get("speaker") or UNKNOWN_SPEAKER,
