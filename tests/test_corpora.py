@@ -121,6 +121,16 @@ def test_ravdess_plug_in_keeps_the_keys_labels_and_folds(noise_corpus):
     assert "name outside the RAVDESS scheme" in reasons(listing)["Actor_01/notes.wav"]
     assert "actor 01 in the name but the file is in Actor_02" in reasons(listing)["Actor_02/03-01-01-01-01-01-01.wav"]
     assert corpus.protocol.test_groups(1) == ("01", "11", "20", "21")
+    record = listing.record(first)
+    assert {k: record[k] for k in ("key", "label", "emotion", "actor", "gender", "statement", "repetition")} == {
+        "key": "Actor_01/03-01-01-01-01-01-01.wav",
+        "label": 5,
+        "emotion": "neutral",
+        "actor": 1,
+        "gender": "male",
+        "statement": 1,
+        "repetition": 1,
+    }
 
 
 def test_cremad_names_genders_levels_and_the_release_gaps(stand_ins):

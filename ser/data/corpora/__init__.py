@@ -20,6 +20,7 @@ from .base import (
     Problem,
     Protocol,
     clip_audio,
+    cut_clip,
 )
 from .cremad import CremaD
 from .emodb import EmoDB
@@ -62,5 +63,6 @@ __all__ = [
     "Protocol",
     "UnknownCorpusError",
     "clip_audio",
+    "cut_clip",
     "get_corpus",
 ]

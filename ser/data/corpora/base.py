@@ -111,6 +111,24 @@ class Listing:
     def label_index(self, clip: Clip) -> int:
         return self.labels.index(clip.label)
 
+    def record(self, clip: Clip) -> dict:
+        """What a prepared cache keeps of ``clip`` (JSON-safe): the fields that splits, metrics and manifests read.
+
+        ``label`` is the class index, ``emotion`` its name; the clip's metadata (RAVDESS's ``actor``,
+        ``intensity``, ``statement``, ``repetition``; ``session``; ...) follows.
+        """
+        return {
+            "key": clip.key,
+            "label": self.label_index(clip),
+            "emotion": clip.label,
+            "speaker": clip.speaker,
+            "gender": clip.meta.get("gender", "unknown"),
+            "stage": clip.stage,
+            "start": clip.start,
+            "end": clip.end,
+            **{name: value for name, value in clip.meta.items() if name != "gender"},
+        }
+
     def summary(self) -> dict:
         return {
             "clips": len(self.clips),
@@ -351,7 +369,7 @@ def _relabel(clip: Clip, label: str) -> Clip:
     )
 
 
-def duplicate_problems(clips: list[Clip], problems: list[Problem]) -> list[Clip]:
+def drop_duplicate_keys(clips: list[Clip], problems: list[Problem]) -> list[Clip]:
     """Keep the first clip of each key; every later one becomes a ``duplicate key`` problem."""
     first: dict[str, str] = {}
     unique = []
@@ -367,14 +385,22 @@ def duplicate_problems(clips: list[Clip], problems: list[Problem]) -> list[Clip]
 
 
 def clip_audio(corpus: Corpus, clip: Clip) -> tuple[np.ndarray, int]:
-    """Decode ``clip``, cut to its start and end: ``(audio (T, C) float32, sample_rate)``.
+    """Read and decode ``clip``, cut to its start and end: ``(audio (T, C) float32, sample_rate)``.
 
     Raises:
-        ser.data.audio.AudioError: the file is empty, undecodable or truncated, or the clip's start or
-            end lies past the end of the file.
+        ser.data.audio.AudioError: the file is empty, undecodable or truncated, or the clip's start and
+            end do not lie inside it.
         OSError: the file cannot be read.
     """
-    samples, rate = audio.decode(corpus.read(clip))
+    return cut_clip(*audio.decode(corpus.read(clip)), clip)
+
+
+def cut_clip(samples: np.ndarray, rate: int, clip: Clip) -> tuple[np.ndarray, int]:
+    """The part of decoded ``(T, C)`` audio between ``clip.start`` and ``clip.end``: ``(audio (T', C), rate)``.
+
+    Raises:
+        ser.data.audio.AudioError: start and end make no clip, or lie past the end of the file.
+    """
     if clip.start is None and clip.end is None:
         return samples, rate
     duration = len(samples) / rate

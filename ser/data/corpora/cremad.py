@@ -6,7 +6,7 @@ import csv
 import io
 import re
 
-from .base import Clip, Corpus, Origin, Problem, Protocol, duplicate_problems, stem_of
+from .base import Clip, Corpus, Origin, Problem, Protocol, drop_duplicate_keys, stem_of
 
 ACTORS = tuple(range(1001, 1092))
 SENTENCES: dict[str, str] = {
@@ -113,7 +113,7 @@ class CremaD(Corpus):
                 "intensity": LEVELS[level],
             }
             clips.append(Clip(stem, file.location, emotion, actor, meta=meta))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems
 
     def _genders(self) -> tuple[dict[int, str] | None, list[Problem]]:
         found = self.tree.find("VideoDemographics.csv")

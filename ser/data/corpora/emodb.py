@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Clip, Corpus, Origin, Problem, Protocol, duplicate_problems, stem_of
+from .base import Clip, Corpus, Origin, Problem, Protocol, drop_duplicate_keys, stem_of
 
 SPEAKERS: dict[str, str] = {
     "03": "male",
@@ -83,4 +83,4 @@ class EmoDB(Corpus):
                 continue
             meta = {"gender": SPEAKERS[speaker], "text": text, "sentence": TEXTS[text], "version": version}
             clips.append(Clip(stem, file.location, emotion, speaker, meta=meta))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import UNKNOWN_SPEAKER, Clip, Corpus, Origin, Problem, duplicate_problems
+from .base import UNKNOWN_SPEAKER, Clip, Corpus, Origin, Problem, drop_duplicate_keys
 
 _SPLIT_DIRS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "dev": "val", "test": "test"}
 
@@ -47,4 +47,4 @@ class Folders(Corpus):
                     continue
                 speaker = head
             clips.append(Clip(file.key, file.location, label, speaker, stage=stage))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems

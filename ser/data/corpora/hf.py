@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import UNKNOWN_SPEAKER, Clip, Corpus, CorpusSetupError, Origin, Problem, duplicate_problems
+from .base import UNKNOWN_SPEAKER, Clip, Corpus, CorpusSetupError, Origin, Problem, drop_duplicate_keys
 
 _STAGES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 
@@ -104,7 +104,7 @@ class HuggingFace(Corpus):
                 stage = _STAGES.get(split.lower())
                 speaker = UNKNOWN_SPEAKER if speaker in (None, "") else str(speaker)
                 clips.append(Clip(key, key, text, speaker, stage=stage, meta={"split": split, "row": index}))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems
 
     def read(self, clip: Clip) -> bytes:
         table = self.splits()[clip.meta["split"]]

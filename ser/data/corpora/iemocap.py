@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Clip, Corpus, Origin, Problem, Protocol, duplicate_problems, stem_of
+from .base import Clip, Corpus, Origin, Problem, Protocol, drop_duplicate_keys, stem_of
 
 SESSIONS = (1, 2, 3, 4, 5)
 EMOTIONS: dict[str, str] = {
@@ -103,7 +103,7 @@ class Iemocap(Corpus):
                     session = utterance[3:5].lstrip("0")
                     where = f"Session{session}/sentences/wav/{dialog}/{utterance}.wav"
                     problems.append(Problem(utterance, where, f"missing file (listed in EmoEvaluation/{dialog}.txt)"))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems
 
     def _evaluations(self) -> tuple[dict[str, dict[str, tuple[float, float, str]]], list[Problem]]:
         """dialog -> utterance -> (start, end, emotion), from every ``dialog/EmoEvaluation/*.txt``."""

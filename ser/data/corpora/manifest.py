@@ -26,7 +26,7 @@ from typing import Any
 
 from ..ravdess import parse_name
 from . import cremad, emodb, iemocap, savee, tess
-from .base import UNKNOWN_SPEAKER, Clip, Corpus, CorpusSetupError, Origin, Problem, duplicate_problems, stem_of
+from .base import UNKNOWN_SPEAKER, Clip, Corpus, CorpusSetupError, Origin, Problem, drop_duplicate_keys, stem_of
 
 # EmoBox's label names in this project's shared ones.
 EMOBOX_NAMES: dict[str, str] = {
@@ -122,7 +122,7 @@ class Manifest(Corpus):
             clips, problems = self._scan_csv(text)
         else:
             clips, problems = self._scan_jsonl(text)
-        clips = duplicate_problems(clips, problems)
+        clips = drop_duplicate_keys(clips, problems)
         present = []
         for clip in clips:
             if Path(clip.location).is_file():

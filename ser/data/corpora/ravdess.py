@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..corpus import ArchiveSource, DirectorySource, SourceFile, open_source
-from ..download import RAVDESS_ARCHIVE, RAVDESS_MD5, RAVDESS_PAGE, RAVDESS_URL
+from ...errors import first_line
+from ..corpus import ArchiveSource, CorpusError, DirectorySource, SourceFile, open_source
+from ..download import RAVDESS_ARCHIVE, RAVDESS_MD5, RAVDESS_PAGE, RAVDESS_URL, DownloadError
 from ..ravdess import EMOBOX_FOLDS, EMOTIONS, SPEECH_CHANNEL, SPEECH_MODALITY, STATEMENTS, parse_name
 from .base import Clip, Corpus, CorpusSetupError, Origin, Problem, Protocol
 
@@ -57,10 +58,8 @@ class Ravdess(Corpus):
         if self._source is None:
             try:
                 self._source = open_source(self.root, download=self.download, progress=self.progress)
-            except CorpusSetupError:
-                raise
-            except Exception as error:  # open_source's CorpusError is not yet a UserError
-                raise CorpusSetupError(str(error).splitlines()[0]) from None
+            except (CorpusError, DownloadError) as error:  # neither is a UserError today; their first line is
+                raise CorpusSetupError(first_line(error)) from None
         return self._source
 
     def scan(self) -> tuple[list[Clip], list[Problem]]:
@@ -94,6 +93,11 @@ class Ravdess(Corpus):
             }
             clips.append(Clip(file.key, file.location, name.emotion, f"{name.actor:02d}", meta=meta))
         return clips, problems
+
+    @property
+    def excluded(self) -> int:
+        """Well-named clips outside the chosen modality and vocal channel, at the last :meth:`scan`."""
+        return self._excluded
 
     def notes(self, clips) -> list[str]:
         if not self._excluded:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Clip, Corpus, Origin, Problem, Protocol, duplicate_problems, stem_of
+from .base import Clip, Corpus, Origin, Problem, Protocol, drop_duplicate_keys, stem_of
 
 SPEAKERS = ("DC", "JE", "JK", "KL")
 EMOTIONS: dict[str, str] = {
@@ -71,4 +71,4 @@ class Savee(Corpus):
                 problems.append(Problem(file.key, file.location, "; ".join(bad)))
                 continue
             clips.append(Clip(f"{speaker}_{code}{number}", file.location, code, speaker, meta={"gender": "male"}))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems

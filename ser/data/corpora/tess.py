@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .base import Clip, Corpus, Origin, Problem, Protocol, duplicate_problems, stem_of
+from .base import Clip, Corpus, Origin, Problem, Protocol, drop_duplicate_keys, stem_of
 
 SPEAKERS: dict[str, str] = {"OAF": "older adult female", "YAF": "younger adult female"}
 EMOTIONS: dict[str, str] = {
@@ -81,4 +81,4 @@ class Tess(Corpus):
                 continue
             meta = {"gender": "female", "word": word, "sentence": f"Say the word {word}"}
             clips.append(Clip(f"{speaker}_{word}_{emotion}", file.location, emotion, speaker, meta=meta))
-        return duplicate_problems(clips, problems), problems
+        return drop_duplicate_keys(clips, problems), problems
