@@ -546,3 +546,21 @@ def test_csv_segments_of_one_file_are_separate_clips_and_must_make_a_clip(tmp_pa
         clip_audio(corpus, backwards)
     with pytest.raises(AudioError, match="past the end of the file"):
         clip_audio(corpus, late)
+
+
+def test_emobox_paths_relative_to_its_checkout_resolve_against_audio_root(tmp_path):
+    write_clip(tmp_path / "EmoBox" / "downloads" / "savee" / "DC_a01.wav")
+    folder = tmp_path / "EmoBox" / "data" / "savee"
+    folder.mkdir(parents=True)
+    entry = {"key": "savee-DC-a01", "dataset": "savee", "wav": "downloads/savee/DC_a01.wav", "emo": "a"}
+    (folder / "savee.jsonl").write_text(json.dumps(entry) + "\n")
+    (folder / "label_map.json").write_text(json.dumps({"a": "Angry", "sa": "Sad"}))
+    assert reasons(get_corpus("manifest", folder).listing()) == {"savee-DC-a01": "missing file"}
+    listing = get_corpus("manifest", folder, audio_root=tmp_path / "EmoBox").listing()
+    assert [(c.key, c.label, c.speaker) for c in listing.clips] == [("savee-DC-a01", "angry", "DC")]
+    assert listing.labels == ("angry", "sad")
+
+
+def test_ravdess_stand_in_refuses_more_actors_than_ravdess_has(tmp_path):
+    with pytest.raises(StandInError, match="outside 1-24 for ravdess"):
+        write_stand_in(tmp_path / "r", "ravdess", speakers=25)

@@ -97,6 +97,8 @@ class Manifest(Corpus):
         if self.emobox_map is not None:
             self.label_names = tuple(self.emobox_map)
             self.label_map = {raw: EMOBOX_NAMES.get(name, name) for raw, name in self.emobox_map.items()}
+            # The map, not the clips present, fixes the classes: a fold without some class keeps its order.
+            self.default_labels = tuple(sorted(set(self.label_map.values())))
         self.notes_: list[str] = []
 
     def _label_map_file(self) -> dict[str, str] | None:
