@@ -564,3 +564,22 @@ def test_emobox_paths_relative_to_its_checkout_resolve_against_audio_root(tmp_pa
 def test_ravdess_stand_in_refuses_more_actors_than_ravdess_has(tmp_path):
     with pytest.raises(StandInError, match="outside 1-24 for ravdess"):
         write_stand_in(tmp_path / "r", "ravdess", speakers=25)
+
+
+def test_tess_rate_resamples_quickly_and_usual_rates_exactly(stand_ins):
+    import time
+
+    import torch
+    import torchaudio.functional as AF
+
+    from ser.data.audio import to_model_input
+
+    corpus = get_corpus("tess", stand_ins["tess"])
+    samples, rate = clip_audio(corpus, corpus.listing().clips[0])
+    started = time.perf_counter()
+    model_input = to_model_input(samples, rate, normalize=False)
+    assert time.perf_counter() - started < 5  # the exact 24414 -> 16000 kernel takes tens of seconds
+    assert abs(len(model_input) - len(samples) * 16_000 / rate) <= 1
+    noise = np.random.default_rng(0).standard_normal((4410, 1)).astype(np.float32)
+    expected = AF.resample(torch.from_numpy(noise[:, 0].copy()), 44_100, 16_000).numpy()
+    assert np.array_equal(to_model_input(noise, 44_100, normalize=False), expected)
