@@ -266,6 +266,11 @@ class Corpus(ABC):
             self._tree = CorpusTree(self.root, self.title, self.origin.message)
         return self._tree
 
+    @property
+    def description(self) -> str:
+        """Where the corpus is read from, for summaries: ``directory <path>`` or ``archive <path>``."""
+        return self.tree.description
+
     @abstractmethod
     def scan(self) -> tuple[list[Clip], list[Problem]]:
         """Every clip the corpus holds, with its own label, and every file or entry that is not one."""

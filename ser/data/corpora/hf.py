@@ -42,6 +42,10 @@ class HuggingFace(Corpus):
         self.speaker_column, self.split, self.config = speaker_column, split, config
         self._splits: dict[str, Any] | None = None
 
+    @property
+    def description(self) -> str:
+        return f"dataset {self.source}"
+
     def splits(self) -> dict[str, Any]:
         """Split name -> ``datasets.Dataset``."""
         if self._splits is None:

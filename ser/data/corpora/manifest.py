@@ -101,6 +101,10 @@ class Manifest(Corpus):
             self.default_labels = tuple(sorted(set(self.label_map.values())))
         self.notes_: list[str] = []
 
+    @property
+    def description(self) -> str:
+        return f"manifest {self.file}"
+
     def _label_map_file(self) -> dict[str, str] | None:
         path = self.file.parent / "label_map.json"
         if not path.is_file():

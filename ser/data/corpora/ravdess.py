@@ -62,6 +62,10 @@ class Ravdess(Corpus):
                 raise CorpusSetupError(first_line(error)) from None
         return self._source
 
+    @property
+    def description(self) -> str:
+        return self.source.description
+
     def scan(self) -> tuple[list[Clip], list[Problem]]:
         clips, problems, seen = [], [], {}
         self._excluded = 0

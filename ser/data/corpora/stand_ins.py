@@ -28,7 +28,7 @@ from ..synth import actor_voice, emotion_style, espeak, synthesize_corpus
 from . import cremad, emodb, savee, tess
 
 FORMATS = ("ravdess", "cremad", "tess", "savee", "emodb", "iemocap")
-DEFAULT_SPEAKERS = {"ravdess": 2, "cremad": 2, "tess": 2, "savee": 2, "emodb": 2, "iemocap": 2}
+DEFAULT_SPEAKERS = {"ravdess": 2, "cremad": 2, "tess": 2, "savee": 2, "emodb": 2, "iemocap": 4}
 MAX_SPEAKERS = {"ravdess": 24, "cremad": 91, "tess": 2, "savee": 4, "emodb": 10, "iemocap": 10}
 
 _REFERENCE_DB = -26.0  # RMS of neutral speech, dBFS, as in ser.data.synth
