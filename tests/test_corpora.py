@@ -475,7 +475,7 @@ def test_csv_manifest_relative_paths_speakers_splits_and_labels(tmp_path):
         "../clips/four.wav": "label 'boredom' is outside data.labels (joy, anger)",
         "../clips/gone.wav": "missing file",
     }
-    assert corpus.protocol_for(listing.clips).folds == {1: ("s1",), 2: ("s2",)}
+    assert corpus.protocol_for(c.speaker for c in listing.clips).folds == {1: ("s1",), 2: ("s2",)}
     bad = tmp_path / "bad.csv"
     bad.write_text("file,emotion\nx.wav,joy\n")
     with pytest.raises(CorpusSetupError, match="needs a header with path and label"):

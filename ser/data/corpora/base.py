@@ -291,11 +291,12 @@ class Corpus(ABC):
         """Part of the cache key: the corpus name, its settings and every file's name, size and stamp."""
         return [self.name, str(self.root.resolve()), self.tree.fingerprint()]
 
-    def protocol_for(self, clips: Sequence[Clip]) -> Protocol | None:
-        """The standard protocol; a corpus without one gets leave-one-speaker-out over its named speakers."""
+    def protocol_for(self, speakers: Iterable[str]) -> Protocol | None:
+        """The standard protocol; a corpus without one gets leave-one-speaker-out over ``speakers`` (those
+        of its clips: ``{clip.speaker for clip in listing.clips}``, or a prepared cache's ``speaker`` fields)."""
         if self.protocol is not None:
             return self.protocol
-        speakers = sorted({clip.speaker for clip in clips} - {UNKNOWN_SPEAKER})
+        speakers = sorted(set(speakers) - {UNKNOWN_SPEAKER})
         if len(speakers) < 2:
             return None
         return Protocol(
