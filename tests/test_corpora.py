@@ -583,3 +583,139 @@ def test_tess_rate_resamples_quickly_and_usual_rates_exactly(stand_ins):
     noise = np.random.default_rng(0).standard_normal((4410, 1)).astype(np.float32)
     expected = AF.resample(torch.from_numpy(noise[:, 0].copy()), 44_100, 16_000).numpy()
     assert np.array_equal(to_model_input(noise, 44_100, normalize=False), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wired in: data=<corpus> through preparation, splits, the data module, training and evaluation
+
+
+def data_module(name: str, root: Path, cache: Path, *overrides: str, **replace):
+    from ser.config import compose_data
+    from ser.data.datamodule import RavdessDataModule
+
+    cfg = compose_data([f"data={name}", f"data.root={root}", f"data.cache_dir={cache}", *overrides])
+    return RavdessDataModule.from_config(cfg, seed=0, progress=False, **replace)
+
+
+@pytest.mark.parametrize("name", STAND_INS)
+def test_prepare_reports_the_clips_labels_and_speakers_of_each_stand_in(stand_ins, name, tmp_path):
+    corpus = data_module(name, stand_ins[name], tmp_path / "cache").load_corpus()
+    listing = get_corpus(name, stand_ins[name]).listing()
+    summary = corpus.summary()
+    assert summary["corpus"] == name and summary["clips"] == len(listing.clips) and not corpus.skipped
+    assert summary["labels"] == list(listing.labels) == list(CORPORA[name].default_labels)
+    assert sorted(summary["speakers"]) == sorted(stand_in_speakers(name))
+    assert {clip["key"] for clip in corpus.clips} == {clip.key for clip in listing.clips}
+    assert all(clip["emotion"] == corpus.labels[clip["label"]] for clip in corpus.clips)
+
+
+def damage_files(root: Path) -> dict[str, str]:
+    """A corrupt, an empty, a truncated and a misnamed file among a corpus's clips: path -> the reason's start."""
+    wavs = sorted(root.rglob("*.wav"))
+    wavs[0].write_bytes(b"RIFF but not audio" * 20)
+    wavs[1].write_bytes(b"")
+    data = wavs[2].read_bytes()
+    wavs[2].write_bytes(data[: len(data) // 2])
+    misnamed = wavs[3].parent / "misnamed_clip.wav"
+    shutil.copy(wavs[3], misnamed)
+    return {str(wavs[0]): "cannot be decoded", str(wavs[1]): "empty file", str(wavs[2]): "truncated", str(misnamed): ""}
+
+
+@pytest.mark.parametrize("name", ("ravdess", *STAND_INS))
+def test_bad_files_are_named_and_skipped_and_strict_refuses_them(copy_of, name, tmp_path):
+    from ser.data.prepare import StrictError
+
+    root = write_noise_corpus(tmp_path / name, actors=(1, 2), max_seconds=0.3) if name == "ravdess" else copy_of(name)
+    expected = damage_files(root)
+    corpus = data_module(name, root, tmp_path / "cache").load_corpus()
+    skipped = {row["location"]: row["reason"] for row in corpus.skipped}
+    assert set(skipped) == set(expected)
+    for location, reason in expected.items():
+        assert skipped[location].startswith(reason)
+    assert "misnamed_clip" not in {clip["key"] for clip in corpus.clips}
+    table = (corpus.path / "skipped.tsv").read_text().splitlines()
+    assert len(table) == 5 and all(row.split("\t")[0] in expected for row in table[1:])
+    with pytest.raises(StrictError, match=r"^4 unusable file\(s\)"):
+        data_module(name, root, tmp_path / "cache", "data.strict=true").load_corpus()
+
+
+def test_folds_hold_out_the_corpus_protocols_groups(stand_ins, tmp_path):
+    tess = data_module("tess", stand_ins["tess"], tmp_path / "cache")
+    tess.setup()
+    speakers = lambda stage: {tess.corpus.clips[int(i)]["speaker"] for i in tess.split[stage]}  # noqa: E731
+    assert speakers("test") == {"OAF"} and speakers("train") == speakers("val") == {"YAF"}
+    assert not set(tess.split["train"]) & set(tess.split["val"])  # two speakers: validation is part of YAF's clips
+    assert tess.labels == ["angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"]
+
+    iemocap = data_module("iemocap", stand_ins["iemocap"], tmp_path / "cache", "data.fold=2")
+    iemocap.setup()
+    test = {iemocap.corpus.clips[int(i)]["speaker"] for i in iemocap.split["test"]}
+    assert test == {"Ses02F", "Ses02M"}  # leave-one-session-out: both speakers of session 2
+    assert iemocap.labels == ["angry", "happy", "neutral", "sad"]
+    from ser.config import compose_data
+    from ser.data.splits import describe_protocol
+
+    assert describe_protocol(compose_data(["data=iemocap", "data.fold=2"]), iemocap.protocol) == (
+        "iemocap: IEMOCAP leave-one-session-out, fold 2 of 5 (speaker-independent)"
+    )
+
+
+def test_labels_and_label_map_choose_the_classes_of_a_prepared_corpus(stand_ins, tmp_path):
+    module = data_module(
+        "tess",
+        stand_ins["tess"],
+        tmp_path / "cache",
+        "data.labels=[neutral,surprise,angry]",
+        "data.label_map.ps=surprise",
+    )
+    corpus = module.load_corpus()
+    assert corpus.labels == ["neutral", "surprise", "angry"] == module.labels
+    assert {clip["emotion"] for clip in corpus.clips} == {"neutral", "surprise", "angry"}
+    assert set(corpus.not_kept) == {"disgust", "fearful", "happy", "sad"} and all(corpus.not_kept.values())
+
+
+def test_emobox_folder_through_the_data_module_tests_fold_1_on_actors_1_11_20_21(tmp_path):
+    tree = write_noise_corpus(tmp_path / "ravdess_tree", actors=RAVDESS_ACTORS, min_seconds=0.1, max_seconds=0.2)
+    folder = write_emobox_folder(tree, tmp_path / "data" / "ravdess")
+    manifest = data_module(
+        "manifest", folder, tmp_path / "cache", "data.split=fold", "data.fold=1", "data.val_actors=1"
+    )
+    ravdess = data_module("ravdess", tree, tmp_path / "cache", "data.split=fold", "data.fold=1", "data.val_actors=1")
+    manifest.setup()
+    ravdess.setup()
+    assert len(manifest.corpus.clips) == len(ravdess.corpus.clips) == 60 * len(RAVDESS_ACTORS)
+    test_speakers = {manifest.corpus.clips[int(i)]["speaker"] for i in manifest.split["test"]}
+    assert test_speakers == {"01", "11", "20", "21"}
+    assert {f"{ravdess.corpus.clips[int(i)]['actor']:02d}" for i in ravdess.split["test"]} == test_speakers
+    assert sorted(manifest.labels) == sorted(ravdess.labels)
+
+
+def test_shared_labels_name_what_each_side_leaves_out():
+    from ser.evaluate import scoring_line, shared_labels
+
+    shared, model_only, corpus_only = shared_labels(
+        ["angry", "calm", "fear", "happy", "sad"], ["angry", "fearful", "happy", "sad", "bored"]
+    )
+    assert shared == {"angry": 0, "fearful": 2, "happy": 3, "sad": 4} and model_only == ["calm"]
+    assert corpus_only == ["bored"]
+    assert scoring_line(["angry", "calm"], ["calm", "angry"]) == "scoring all 2 classes"
+
+
+def test_summarize_draws_the_cross_corpus_matrix(tmp_path):
+    from ser.summarize import summarize
+
+    scores = {"ravdess": (0.6, {"cremad": 0.3, "tess": 0.2}), "cremad": (0.5, {"ravdess": 0.25, "tess": 0.4})}
+    for number, (corpus, (own, cross)) in enumerate(scores.items()):
+        job = tmp_path / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- data={corpus}\n")
+        metrics = {"corpus": corpus, "protocol": "p", "test/uar": own, "test/acc": own, "test/f1": own}
+        metrics |= {f"cross/{name}/uar": value for name, value in cross.items()}
+        metrics |= {f"cross/{name}/scoring": f"scoring {name}" for name in cross}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    summary = summarize(tmp_path, quiet=True)
+    matrix = summary.matrix
+    assert matrix.train == ["ravdess", "cremad"] and matrix.test == ["ravdess", "cremad", "tess"]
+    np.testing.assert_allclose(matrix.uar, [[0.6, 0.3, 0.2], [0.25, 0.5, 0.4]])
+    assert (tmp_path / "cross_corpus.png").stat().st_size > 0
+    assert "| ravdess | 60.0 | 30.0 | 20.0 |" in (tmp_path / "cross_corpus.md").read_text()
