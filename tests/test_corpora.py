@@ -719,3 +719,80 @@ def test_summarize_draws_the_cross_corpus_matrix(tmp_path):
     np.testing.assert_allclose(matrix.uar, [[0.6, 0.3, 0.2], [0.25, 0.5, 0.4]])
     assert (tmp_path / "cross_corpus.png").stat().st_size > 0
     assert "| ravdess | 60.0 | 30.0 | 20.0 |" in (tmp_path / "cross_corpus.md").read_text()
+
+
+def tiny_train_overrides(*extra: str) -> list[str]:
+    from .helpers import TINY_ENCODER
+
+    encoder = json.dumps(TINY_ENCODER, separators=(",", ":")).replace('"', "")
+    return [
+        "model=tiny",
+        f"model.encoder_config={encoder}",
+        "data.synthesize_actors=2",
+        "data.batch_size=8",
+        "data.max_seconds=0.5",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
+        "trainer.num_sanity_val_steps=0",
+        "logger=csv",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_cross_corpus_multirun_ends_with_the_matrix(tmp_path):
+    from .helpers import run_python
+
+    train_py = Path(__file__).resolve().parent.parent / "train.py"
+    sweep = tmp_path / "multirun"
+    result = run_python(
+        [
+            train_py,
+            "-m",
+            "data=ravdess,cremad,tess",
+            "eval_corpora=[ravdess,cremad,tess]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+            *tiny_train_overrides(),
+        ],
+        cwd=tmp_path,  # each corpus's stand-in is made at its default root, data/<corpus>
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in range(3):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        others = {"ravdess", "cremad", "tess"} - {metrics["corpus"]}
+        assert {key.split("/")[1] for key in metrics if key.startswith("cross/")} == others
+    rows = (sweep / "cross_corpus.csv").read_text().splitlines()
+    assert rows[0] == "train,ravdess,cremad,tess" and len(rows) == 4
+    assert all("nan" not in row for row in rows[1:])
+    assert (sweep / "cross_corpus.png").stat().st_size > 0
+    summarized = run_python(["-m", "ser.cli", "summarize", sweep], cwd=tmp_path)
+    assert "cross-corpus UA (%)" in summarized.stdout
+    assert "ravdess -> tess: scoring the 6 shared classes" in summarized.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ("ravdess", *STAND_INS))
+def test_training_runs_on_each_corpus(name, tmp_path):
+    from ser.train import train
+
+    from .helpers import compose_config
+
+    cfg = compose_config(
+        [
+            f"data={name}",
+            f"data.root={tmp_path / name}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"run_dir={tmp_path / 'run'}",
+            *tiny_train_overrides(),
+        ]
+    )
+    metrics = train(cfg)
+    labels = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["corpus"] == labels["corpus"] == name and 0.0 <= metrics["test/uar"] <= 1.0
+    expected = CORPORA[name].default_labels
+    assert [key.removeprefix("test/recall/") for key in metrics if key.startswith("test/recall/")] == [
+        label for label in expected if f"test/recall/{label}" in metrics
+    ]
