@@ -179,7 +179,7 @@ class RavdessDataModule(pl.LightningDataModule):
 
             synthesize_unless_present(self.root, actors=self.synthesize_actors, progress=self.progress)
         else:
-            from .corpora.stand_ins import FORMATS, MAX_SPEAKERS, write_stand_in
+            from .corpora.stand_ins import DEFAULT_SPEAKERS, FORMATS, MAX_SPEAKERS, write_stand_in
 
             if self.corpus_name not in FORMATS:
                 raise CorpusError(
@@ -190,7 +190,10 @@ class RavdessDataModule(pl.LightningDataModule):
             if root.exists() and (root.is_file() or any(root.iterdir())):
                 log.info("%s already holds a corpus: using it as it is (data.synthesize_actors)", root)
             else:
-                speakers = min(int(self.synthesize_actors), MAX_SPEAKERS[self.corpus_name])
+                # never fewer than the default stand-in's: IEMOCAP's four make the two sessions that
+                # leave-one-session-out needs
+                wanted = max(int(self.synthesize_actors), DEFAULT_SPEAKERS[self.corpus_name])
+                speakers = min(wanted, MAX_SPEAKERS[self.corpus_name])
                 write_stand_in(root, self.corpus_name, speakers=speakers, progress=self.progress)
         self._corpus_present = True  # fit and test each load the corpus: check (and say) once
 
