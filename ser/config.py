@@ -30,7 +30,8 @@ class DataConfig:
     corpus: str = "ravdess"
     root: str = "data/ravdess"  # extracted tree, the official zip, or a folder to download it into
     labels: list[str] | None = None  # the classes and their order; None: the corpus's default
-    label_map: dict[str, Any] | None = None  # corpus label -> class (merge, rename), or null to drop it
+    # corpus label -> class (merge, rename), or null to drop it: +data.label_map.ps=surprise
+    label_map: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # the plug-in's own settings (columns, audio_root, ...)
     cache_dir: str = "~/.cache/ser"
     download: bool = True
