@@ -1,7 +1,7 @@
 """The ``ser`` command line.
 
-ser synth OUT [--actors N] [--seed S]     write a synthetic RAVDESS-format corpus
-ser prepare data.root=PATH [data.*=...]   preprocess a corpus into the cache and summarise it
+ser synth OUT [--format F] [--speakers N]  write a stand-in of a corpus in its real layout (default RAVDESS)
+ser prepare [data=NAME] data.root=PATH    preprocess a corpus into the cache and summarise it
 ser predict MODEL PATH... [--json]        emotions of audio files (MODEL: .ckpt, .onnx, Hugging Face model)
 ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
 ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
@@ -19,10 +19,20 @@ from .errors import exit_on_user_error
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from .data.synth import synthesize_corpus
+    if args.format == "ravdess" and args.speakers is None:
+        from .data.synth import synthesize_corpus
 
-    out = synthesize_corpus(args.out, actors=args.actors, seed=args.seed, progress=not args.quiet)
-    print(f"synthetic RAVDESS-format corpus ({args.actors} actors) in {out}")
+        out = synthesize_corpus(args.out, actors=args.actors, seed=args.seed, progress=not args.quiet)
+        print(f"synthetic RAVDESS-format corpus ({args.actors} actors) in {out}")
+        return
+    from .data.corpora.stand_ins import DEFAULT_SPEAKERS, write_stand_in
+
+    speakers = args.speakers if args.speakers is not None else DEFAULT_SPEAKERS[args.format]
+    out = write_stand_in(
+        args.out, args.format, speakers=speakers, seed=args.seed, layout=args.layout, progress=not args.quiet
+    )
+    print(f"stand-in of {args.format} ({speakers} speakers, its real layout) in {out}")
+    print(f"  prepare it:  ser prepare data={args.format} data.root={out}")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -33,34 +43,47 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .data.prepare import PrepareSettings, prepare
 
     cfg = compose_data(args.overrides)
-    if cfg.synthesize_actors:
-        from .data.synth import synthesize_unless_present  # imports torch: only when asked to synthesise
+    if cfg.corpus != "ravdess" or cfg.labels or cfg.label_map or cfg.options:
+        from .data.datamodule import RavdessDataModule  # a plug-in's corpus: the data module knows how
 
-        synthesize_unless_present(cfg.root, actors=cfg.synthesize_actors, progress=not args.quiet)
-    settings = PrepareSettings(sample_rate=cfg.sample_rate, normalize=cfg.normalize, trim_db=cfg.trim_db)
-    corpus = prepare(
-        cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
-    )
+        corpus = RavdessDataModule.from_config(cfg, seed=0, progress=not args.quiet).load_corpus()
+    else:
+        if cfg.synthesize_actors:
+            from .data.synth import synthesize_unless_present  # imports torch: only when asked to synthesise
+
+            synthesize_unless_present(cfg.root, actors=cfg.synthesize_actors, progress=not args.quiet)
+        settings = PrepareSettings(sample_rate=cfg.sample_rate, normalize=cfg.normalize, trim_db=cfg.trim_db)
+        corpus = prepare(
+            cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
+        )
     summary = corpus.summary()
 
     # soft_wrap and markup=False wherever a path is printed: a path is never cut, folded or wrapped,
     # even when the output goes to a file (where rich would wrap at 80 columns), and brackets in it stay.
     console = Console(soft_wrap=True)
+    # RAVDESS's words (emotions, actors) for RAVDESS; labels and speakers for any other corpus
+    ravdess = summary["corpus"] == "ravdess"
+    label_word, speaker_word = ("emotion", "actor") if ravdess else ("label", "speaker")
     console.print(
-        f"{summary['clips']} clips, {len(summary['emotions'])} emotions, {len(summary['actors'])} actors, "
-        f"{summary['hours']:.2f} h of audio, from {summary['source']}",
+        f"{summary['clips']} clips, {len(summary['labels'])} {label_word}s, {len(summary['speakers'])} "
+        f"{speaker_word}s, {summary['hours']:.2f} h of audio, from {summary['source']}"
+        + ("" if ravdess else f" ({summary['corpus']})"),
         markup=False,
         highlight=False,
     )
-    emotions = Table("emotion", "clips", title="clips per emotion")
-    for emotion, count in summary["emotions"].items():
-        emotions.add_row(emotion, str(count))
-    actors = Table("actor", "gender", "clips", title="clips per actor")
-    for actor, count in summary["actors"].items():
-        actors.add_row(f"{actor:02d}", "male" if actor % 2 else "female", str(count))
-    console.print(emotions, actors)
+    emotions = Table(label_word, "clips", title=f"clips per {label_word}")
+    for label in summary["labels"]:
+        emotions.add_row(label, str(summary["emotions"].get(label, 0)))
+    speakers = Table(speaker_word, "gender", "clips", title=f"clips per {speaker_word}")
+    for speaker, entry in summary["speakers"].items():
+        speakers.add_row(speaker, entry["gender"], str(entry["clips"]))
+    console.print(emotions, speakers)
     if summary["excluded"]:
         console.print(f"{summary['excluded']} clips of another modality or vocal channel were left out")
+    for label, count in summary["not_kept"].items():
+        console.print(f"{count} clips labelled {label} left out: not among data.labels", markup=False)
+    for note in summary["notes"]:
+        console.print(note, markup=False, highlight=False)
     if corpus.skipped:
         console.print(f"[bold red]{len(corpus.skipped)} file(s) skipped:[/]")
         for row in corpus.skipped:
@@ -128,14 +151,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         stage=args.stage,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        perturb=args.perturb or (),
     )
     stage = metrics["stage"]
     console = Console(soft_wrap=True)  # the model's and the output folder's paths stay whole on their lines
     console.print(f"[bold]{metrics['model']}[/] on {metrics['clips']} {stage} clips, {metrics['protocol']}")
+    console.print(metrics["scoring"], markup=False, highlight=False)
     console.print(
         f"WA (accuracy) {metrics[f'{stage}/acc']:.4f}   UA (macro recall) {metrics[f'{stage}/uar']:.4f}   "
         f"macro F1 {metrics[f'{stage}/f1']:.4f}"
     )
+    if metrics.get("perturbed"):
+        robustness = Table("audio", "WA", "UA", "F1", "UA drop", title="clean and perturbed")
+        robustness.add_row(
+            "clean", *(f"{metrics[f'{stage}/{name}']:.4f}" for name in ("acc", "uar", "f1")), "", end_section=True
+        )
+        for label, values in metrics["perturbed"].items():
+            robustness.add_row(
+                label, *(f"{values[name]:.4f}" for name in ("acc", "uar", "f1")), f"{values['drop/uar']:+.4f}"
+            )
+        console.print(robustness)
     table = Table("emotion", "clips", "recall", "F1", title="per class")
     for label in metrics["labels"]:
         if metrics["support"][label]:
@@ -182,9 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    synth = commands.add_parser("synth", help="write a synthetic RAVDESS-format corpus (eSpeak NG voices)")
+    synth = commands.add_parser(
+        "synth", help="write a stand-in of a corpus in its real layout (eSpeak NG voices; default RAVDESS)"
+    )
     synth.add_argument("out", type=Path, help="output directory")
-    synth.add_argument("--actors", type=int, default=24, help="actors 1..N (default 24: 1440 clips)")
+    synth.add_argument(
+        "--format",
+        choices=("ravdess", "cremad", "tess", "savee", "emodb", "iemocap"),
+        default="ravdess",
+        help="the corpus whose layout, names, side files and language the stand-in has (default ravdess)",
+    )
+    synth.add_argument(
+        "--speakers", type=int, default=None, help="speakers (default: a small stand-in; RAVDESS: --actors)"
+    )
+    synth.add_argument("--actors", type=int, default=24, help="RAVDESS actors 1..N (default 24: 1440 clips)")
+    synth.add_argument(
+        "--layout", choices=("tree", "flat"), default="tree", help="savee: AudioData/<speaker>/ (tree) or flat copy"
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=cmd_synth)
 
@@ -235,7 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, metavar="DIR", help="output directory (default evaluations/<model>-<split>)"
     )
     ev.add_argument(
-        "--stage", choices=("test", "val", "train"), default="test", help="which part of the split (default test)"
+        "--stage",
+        choices=("test", "val", "train", "all"),
+        default="test",
+        help="which part of the split (default test); all: every clip, e.g. of a corpus the model never saw",
+    )
+    ev.add_argument(
+        "--perturb",
+        action="append",
+        metavar="SPEC",
+        help="score again under a perturbation and report the drop (repeatable): noise:snr=20,10,5, "
+        "reverb[:rt60=0.5], speed[:factor=1.1], gain[:db=-6]; seeded, so a rerun gives the same figures",
     )
     ev.add_argument(
         "--batch-size",

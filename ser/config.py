@@ -25,13 +25,22 @@ class ConfigError(UserError):
 
 @dataclass
 class DataConfig:
+    # the corpus plug-in (ser.data.corpora): ravdess, cremad, tess, savee, emodb, iemocap, manifest, folders, hf;
+    # conf/data/<corpus>.yaml sets it with that corpus's defaults (data=<corpus>)
+    corpus: str = "ravdess"
     root: str = "data/ravdess"  # extracted tree, the official zip, or a folder to download it into
+    labels: list[str] | None = None  # the classes and their order; None: the corpus's default
+    # corpus label -> class (merge, rename), or null to drop it: +data.label_map.ps=surprise
+    label_map: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the plug-in's own settings (columns, audio_root, ...)
     cache_dir: str = "~/.cache/ser"
     download: bool = True
     strict: bool = False  # true: refuse a corpus with unusable files instead of skipping them
-    synthesize_actors: int | None = None  # make a synthetic RAVDESS-format corpus at root when it is missing
+    # make a synthetic corpus (RAVDESS's actors; another corpus's stand-in with as many speakers as it has,
+    # up to this) at root when root holds none
+    synthesize_actors: int | None = None
     split: str = "random"  # random | speaker | fold
-    fold: int | None = None  # 1..6 with split=fold (EmoBox)
+    fold: int | None = None  # with split=fold: 1..6 for RAVDESS (EmoBox), the corpus's protocol's folds otherwise
     test_size: float = 0.2  # split=random
     val_actors: int = 2  # split=speaker|fold
     test_actors: int = 4  # split=speaker
@@ -154,6 +163,9 @@ class Config:
     # takes longer than it saves (benchmarks/train.py --variant compile=true, BENCHMARKS.md).
     compile: bool = False
     test_after_fit: bool = True
+    # after testing, score the model on each of these corpora too, over the labels it shares with each:
+    # "<corpus>" (its conf/data/<corpus>.yaml root) or "<corpus>:<root>"; see ser.evaluate.evaluate_corpora
+    eval_corpora: list[str] = field(default_factory=list)
 
 
 def register_configs() -> None:
@@ -180,7 +192,9 @@ def compose(overrides: Sequence[str] = ()):
 
 
 def compose_data(overrides: Sequence[str] = ()):
-    """The ``data`` config: its schema, ``conf/data/ravdess.yaml``, then ``data.KEY=VALUE`` overrides.
+    """The ``data`` config: its schema, ``conf/data/<corpus>.yaml``, then ``data.KEY=VALUE`` overrides.
+
+    ``data=<corpus>`` among the overrides chooses the corpus file (default ``ravdess``).
 
     ``ser prepare`` takes data settings only, so it composes just those with OmegaConf rather than
     the whole Hydra config: Hydra's import and composition would double a warm ``ser prepare``'s
@@ -189,14 +203,20 @@ def compose_data(overrides: Sequence[str] = ()):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    corpora = [o.split("=", 1)[1] for o in overrides if o.startswith("data=")]
+    overrides = [o for o in overrides if not o.startswith("data=")]
     wrong = [o for o in overrides if not o.startswith("data.") or "=" not in o]
     if wrong:
-        raise ConfigError(f"ser prepare takes data.KEY=VALUE overrides only, not {' '.join(wrong)}")
+        raise ConfigError(f"ser prepare takes data=<corpus> and data.KEY=VALUE overrides only, not {' '.join(wrong)}")
     _check_conf_dir()
+    corpus_file = CONF_DIR / "data" / f"{corpora[-1] if corpora else 'ravdess'}.yaml"
+    if not corpus_file.is_file():
+        known = ", ".join(sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml")))
+        raise ConfigError(f"no corpus config {corpus_file.name} for data={corpora[-1]}; choose one of {known}")
     try:
         return OmegaConf.merge(
             OmegaConf.structured(DataConfig),
-            OmegaConf.load(CONF_DIR / "data" / "ravdess.yaml"),
+            OmegaConf.load(corpus_file),
             OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]),
         )
     except OmegaConfBaseException as error:

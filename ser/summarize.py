@@ -12,7 +12,10 @@ or from Python:
     summary.mean["test/uar"], summary.std["test/uar"], [job.label for job in summary.jobs]
 
 The table is printed, and ``summary.md``, ``summary.csv`` and ``summary.png`` are written into the
-sweep directory (``write=False`` writes nothing). Any sweep works (folds, learning rates, seeds): a
+sweep directory (``write=False`` writes nothing). A cross-corpus multirun (``python train.py -m
+data=ravdess,cremad,tess eval_corpora=[ravdess,cremad,tess]``) also gets its train → test matrix of UA
+(the diagonal is each corpus's own test split), printed and written as ``cross_corpus.md``,
+``cross_corpus.csv`` and the heat map ``cross_corpus.png``. Any sweep works (folds, learning rates, seeds): a
 job is labelled by the overrides that differ between jobs, so ``data.fold=3`` rather than the whole
 command line.
 """
@@ -68,6 +71,7 @@ class Summary:
     n: dict[str, int]  # per metric: the finished jobs with a finite value of it
     protocol: str  # one line: the shared protocol, or the protocols of the jobs
     files: list[Path] = field(default_factory=list)  # what was written (empty with write=False)
+    matrix: CrossCorpus | None = None  # the train -> test UA matrix of a cross-corpus multirun
 
     @property
     def finished(self) -> list[Job]:
@@ -90,6 +94,101 @@ class Summary:
         """``mean ± std``, with the count where it differs from the number of finished jobs."""
         text = f"{self.format(metric, self.mean[metric])} ± {self.format(metric, self.std[metric])}"
         return text if self.n[metric] == len(self.finished) else f"{text} (n={self.n[metric]})"
+
+
+@dataclass
+class CrossCorpus:
+    """UA of each training corpus (rows) on each test corpus (columns), the mean over jobs where several train
+    on one corpus; NaN where no job scored that pair. The diagonal is each corpus's own test split."""
+
+    train: list[str]
+    test: list[str]
+    uar: np.ndarray  # (len(train), len(test))
+    scoring: dict[tuple[str, str], str]  # (train, test) -> which classes were scored, in one line
+
+
+def cross_corpus_matrix(jobs: Sequence[Job]) -> CrossCorpus | None:
+    """The matrix of the finished jobs that scored other corpora (``cross/<corpus>/uar``), or None."""
+    scores: dict[tuple[str, str], list[float]] = {}
+    scoring: dict[tuple[str, str], str] = {}
+    for job in jobs:
+        if job.status != "finished":
+            continue
+        reported = json.loads((job.path / "metrics.json").read_text())
+        cross = {k.split("/")[1]: v for k, v in reported.items() if k.startswith("cross/") and k.endswith("/uar")}
+        if not cross:
+            continue
+        train = str(reported.get("corpus", "ravdess"))
+        if isinstance(reported.get("test/uar"), (int, float)):
+            scores.setdefault((train, train), []).append(float(reported["test/uar"]))
+        for test, value in cross.items():
+            scores.setdefault((train, test), []).append(float(value))
+            scoring[(train, test)] = str(reported.get(f"cross/{test}/scoring", ""))
+    if not scores:
+        return None
+    train = list(dict.fromkeys(t for t, _ in scores))
+    test = list(dict.fromkeys([*train, *(c for _, c in scores)]))
+    uar = np.full((len(train), len(test)), np.nan)
+    for (row, column), values in scores.items():
+        uar[train.index(row), test.index(column)] = float(np.mean(values))
+    return CrossCorpus(train, test, uar, scoring)
+
+
+def _matrix_markdown(matrix: CrossCorpus) -> str:
+    cells = [["train \\ test", *matrix.test], ["---", *("---:" for _ in matrix.test)]]
+    for i, row in enumerate(matrix.train):
+        cells.append([row, *(f"{100 * v:.1f}" if math.isfinite(v) else "–" for v in matrix.uar[i])])
+    lines = ["# Cross-corpus UA (%): train corpus x test corpus", ""]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    lines += ["", "The diagonal is each corpus's own test split; off it, every clip of the test corpus."]
+    lines += [f"- {a} -> {b}: {text}" for (a, b), text in sorted(matrix.scoring.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _matrix_csv(matrix: CrossCorpus) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["train", *matrix.test])
+    for i, row in enumerate(matrix.train):
+        writer.writerow([row, *matrix.uar[i]])
+    return buffer.getvalue()
+
+
+def _matrix_plot(matrix: CrossCorpus, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(1.2 * len(matrix.test) + 2.5, 1.0 * len(matrix.train) + 1.8))
+    image = axis.imshow(100 * matrix.uar, cmap="viridis", vmin=0, vmax=100)
+    for (i, j), value in np.ndenumerate(matrix.uar):
+        text = f"{100 * value:.1f}" if math.isfinite(value) else "–"
+        axis.text(j, i, text, ha="center", va="center", color="white" if value < 0.6 else "black", fontsize=9)
+    axis.set_xticks(range(len(matrix.test)), matrix.test)
+    axis.set_yticks(range(len(matrix.train)), matrix.train)
+    axis.set_xlabel("test corpus")
+    axis.set_ylabel("train corpus")
+    axis.set_title("cross-corpus UA (%)", fontsize=10)
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    try:
+        return atomic.save_figure(figure, path, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+
+
+def _print_matrix(matrix: CrossCorpus) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("train \\ test", *matrix.test, title="cross-corpus UA (%)")
+    for i, row in enumerate(matrix.train):
+        table.add_row(row, *(f"{100 * v:.1f}" if math.isfinite(v) else "–" for v in matrix.uar[i]))
+    console = Console(soft_wrap=True)
+    console.print(table)
+    for (a, b), text in sorted(matrix.scoring.items()):
+        console.print(f"{a} -> {b}: {text}", markup=False, highlight=False)
 
 
 def summarize(
@@ -131,16 +230,24 @@ def summarize(
         mean[metric] = float(values.mean()) if len(values) else math.nan
         std[metric] = float(values.std(ddof=1)) if len(values) > 1 else math.nan  # one run says nothing of spread
     protocol = _describe_protocols([job.protocol for job in jobs if job.protocol])
-    summary = Summary(sweep_dir, metrics, jobs, mean, std, n, protocol)
+    summary = Summary(sweep_dir, metrics, jobs, mean, std, n, protocol, matrix=cross_corpus_matrix(jobs))
 
     if not quiet:
         _print(summary)
+        if summary.matrix is not None:
+            _print_matrix(summary.matrix)
     if write:
         summary.files = [
             atomic.write_text(sweep_dir / "summary.md", _markdown(summary)),
             atomic.write_text(sweep_dir / "summary.csv", _csv(summary)),
             _plot(summary, sweep_dir / "summary.png"),
         ]
+        if summary.matrix is not None:
+            summary.files += [
+                atomic.write_text(sweep_dir / "cross_corpus.md", _matrix_markdown(summary.matrix)),
+                atomic.write_text(sweep_dir / "cross_corpus.csv", _matrix_csv(summary.matrix)),
+                _matrix_plot(summary.matrix, sweep_dir / "cross_corpus.png"),
+            ]
         if not quiet:
             print(f"wrote {', '.join(str(path) for path in summary.files)}")
     return summary

@@ -39,7 +39,6 @@ from . import atomic
 from .callbacks import CompiledEncoder, CpuConvolutionKernels, History, build_callbacks
 from .config import objective_metric, register_configs
 from .data.datamodule import RavdessDataModule
-from .data.ravdess import EMOTIONS
 from .data.splits import describe_protocol
 from .errors import UserError
 from .module import SERModule
@@ -122,7 +121,10 @@ def wandb_key_configured() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def build_module(cfg: DictConfig) -> SERModule:
+def build_module(cfg: DictConfig, labels: Sequence[str] | None = None) -> SERModule:
+    """The Lightning module of ``cfg``; ``labels`` (its classes, in order) default to the data module's."""
+    if labels is None:
+        labels = RavdessDataModule.from_config(cfg.data, seed=cfg.seed, progress=False).labels
     model = OmegaConf.to_container(cfg.model, resolve=True)
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
@@ -133,7 +135,7 @@ def build_module(cfg: DictConfig) -> SERModule:
         model.update(architecture_of(init_from, model))  # the published checkpoint decides the architecture
     module = SERModule(
         **model,
-        labels=list(EMOTIONS),
+        labels=list(labels),
         optimizer=optimizer.pop("name"),
         **optimizer,
         scheduler=scheduler.pop("name"),
@@ -188,8 +190,8 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
         log.info("resuming %s from %s", run_dir, checkpoint)
     log.info("run directory: %s", run_dir)
 
-    module = build_module(cfg)
     datamodule = build_datamodule(cfg, run_dir)
+    module = build_module(cfg, datamodule.labels)  # the corpus's classes: their number sizes the head
     history = History()
     logger = build_logger(cfg, run_dir, resuming=checkpoint is not None)
     trainer = build_trainer(cfg, run_dir, logger, [*callbacks, *build_callbacks(cfg, run_dir, history)])
@@ -201,7 +203,7 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
         # weights_only=False: the checkpoint is this run's own, with loop and callback states
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=False)
         checkpoint_callback = trainer.checkpoint_callback
-        metrics = {"protocol": describe_protocol(cfg.data)}
+        metrics = {"protocol": describe_protocol(cfg.data, datamodule.protocol), "corpus": str(cfg.data.corpus)}
         best_score = checkpoint_callback.best_model_score
         if best_score is not None and math.isfinite(_scalar(best_score)):
             metrics[f"best/{cfg.checkpoint.monitor}"] = _scalar(best_score)
@@ -214,6 +216,11 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
         elif cfg.test_after_fit:
             trainer.test(module, datamodule=datamodule)
             metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if cfg.eval_corpora and trainer.is_global_zero:
+            from .evaluate import evaluate_corpora
+
+            # the module holds the tested (best) weights: trainer.test loaded them
+            metrics.update(evaluate_corpora(module, cfg, run_dir / "cross_corpus"))
         # the checkpointed (best) value when the objective is the monitored metric, else its last value
         objective = objective_metric(cfg)
         objective_key = f"best/{objective}" if f"best/{objective}" in metrics else objective

@@ -400,13 +400,23 @@ def test_evaluate_prepares_the_corpus_the_models_way(preparation, small_corpus, 
         np.testing.assert_allclose([float(row[label]) for label in EMOTIONS], expected, atol=1e-5)
 
 
-def test_evaluate_refuses_a_model_without_the_corpus_emotions(small_corpus, tmp_path):
+def test_evaluate_scores_only_the_labels_a_model_shares_with_the_corpus(small_corpus, tmp_path):
     from ser.evaluate import evaluate
 
     _, overrides = small_corpus
-    module = tiny_module(labels=["angry", "happy", "sad"])
-    with pytest.raises(PredictError, match="no label for calm, disgust, fearful, neutral, surprised"):
-        evaluate(module, overrides, out_dir=tmp_path / "eval", progress=False)
+    module = tiny_module(labels=["sad", "bored", "angry", "happy"])
+    metrics = evaluate(module, overrides, out_dir=tmp_path / "eval", progress=False)
+    assert metrics["labels"] == ["sad", "angry", "happy"]  # the shared ones, in the model's order
+    assert metrics["left_out"] == {"model": ["bored"], "corpus": ["calm", "disgust", "fearful", "neutral", "surprised"]}
+    assert metrics["scoring"] == (
+        "scoring the 3 shared classes (sad, angry, happy); left out: the model's bored, "
+        "the corpus's calm, disgust, fearful, neutral, surprised"
+    )
+    rows = read_csv(tmp_path / "eval" / "predictions.csv")
+    assert {row["true"] for row in rows} <= {"sad", "angry", "happy"} and len(rows) == metrics["clips"] == 9
+    assert {row["predicted"] for row in rows} <= {"sad", "angry", "happy"}  # bored is never predicted
+    with pytest.raises(PredictError, match="share none with the corpus's"):
+        evaluate(tiny_module(labels=["bored", "contempt"]), overrides, out_dir=tmp_path / "none", progress=False)
 
 
 def test_published_layout_evaluates_as_transformers_scores_it(small_corpus, tmp_path, capsys):

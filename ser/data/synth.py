@@ -252,9 +252,16 @@ def _unload(lib: ctypes.CDLL) -> None:
 
 
 def espeak(
-    text: str, variant: str, rate: float, pitch: float, pitch_range: float, word_gap: float = 0, noise_seed: int = 0
+    text: str,
+    variant: str,
+    rate: float,
+    pitch: float,
+    pitch_range: float,
+    word_gap: float = 0,
+    noise_seed: int = 0,
+    language: str = "en-us",
 ) -> np.ndarray:
-    """Speak ``text`` with eSpeak NG's American English and ``variant``.
+    """Speak ``text`` with eSpeak NG's ``language`` voice (American English by default) and ``variant``.
 
     Returns:
         int16 samples at :data:`ESPEAK_RATE`, shape ``(samples,)``.
@@ -283,8 +290,8 @@ def espeak(
                 f"eSpeak NG failed to start (espeak_Initialize gave {rate_hz}); reinstall espeakng-loader"
             )
         lib.espeak_SetSynthCallback(_collect)
-        if lib.espeak_SetVoiceByName(f"en-us+{variant}".encode()) != _EE_OK:
-            raise RuntimeError(f"eSpeak NG has no voice en-us+{variant}; reinstall espeakng-loader")
+        if lib.espeak_SetVoiceByName(f"{language}+{variant}".encode()) != _EE_OK:
+            raise RuntimeError(f"eSpeak NG has no voice {language}+{variant}; reinstall espeakng-loader")
         parameters = {
             _PARAM_RATE: np.clip(rate, 80, 450),
             _PARAM_VOLUME: 100,  # loudness is set after the effects, where it can be controlled exactly
