@@ -79,3 +79,56 @@ def test_start_benchmark_writes_its_section(tmp_path):
     assert re.fullmatch(r"\d+\.\d\d", seconds) and re.fullmatch(r"\d+\.\d\d", since_launch)
     assert "Warm-cache start of training (launch to the first training batch)" in section
     assert re.search(r"\| worker 1 \| \d+ \| \d+ \|", section)  # two workers, their memory read
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_gpu_check_cpu(tmp_path):
+    """The prepared GPU check, on the CPU at tiny sizes: every step passes and the gpu section holds its figures."""
+    out = tmp_path / "gpu-check"
+    benchmarks_md = (REPO / "BENCHMARKS.md").read_text()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu.sh"), "--cpu", "--out", str(out)],
+        cwd=tmp_path,  # the script finds the repository itself
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    summary = (out / "summary.txt").read_text()
+    steps = re.findall(r"^(pass|fail|skip)  (\S+)  ", summary, flags=re.M)
+    assert len(steps) == len(summary.splitlines())
+    assert result.stdout.split("=== summary\n")[1].startswith(summary)  # the console ends with the same lines
+    names = {name for status, name in steps if status == "pass"}
+    failed = [name for status, name in steps if status == "fail"]
+    assert not failed, result.stdout[-4000:]
+    for step in (
+        "preflight/imports",
+        "e2e/train-32-true-sigterm",
+        "e2e/train-32-true-resume",
+        "e2e/train-bf16-mixed-sigterm",
+        "e2e/train-bf16-mixed-resume",
+        "e2e/predict",
+        "e2e/evaluate",
+        "e2e/export-hf",
+        "e2e/export-onnx",
+        "train-large/benchmark",
+    ):
+        assert step in names, (step, steps)
+    skipped = {name for status, name in steps if status == "skip"}
+    assert skipped <= {"train-base/benchmark", "predict/benchmark"}, skipped
+
+    assert sorted(p.name for p in out.iterdir()) == ["BENCHMARKS.md", "gpu-check.tar.gz", "gpu.log", "summary.txt"]
+    section = re.split(r"^## ", (out / "BENCHMARKS.md").read_text(), flags=re.M)[-1]
+    assert section.startswith("gpu\n") and "Measured " in section
+    for name in names:
+        assert f"| {name} | pass |" in section, name
+    number = r"\d+(\.\d+)?"
+    assert re.search(rf"\| e2e/train-bf16-mixed-resume \| pass \| {number} \| val/loss {number}", section)
+    assert re.search(rf"\| e2e/export-onnx \| pass \| {number} \| CPU provider, probabilities within ", section)
+    cells = row(section, "model FLOPs utilisation (MFU)")
+    assert len(cells) == 4 and all(re.fullmatch(r"\d+(\.\d+)?%", cell) for cell in cells), cells
+    assert len(row(section, "SDPA kernel in one step")) == 4
+    assert (REPO / "BENCHMARKS.md").read_text() == benchmarks_md  # --cpu writes to its folder only
