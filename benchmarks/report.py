@@ -98,7 +98,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     versions = ", ".join(f"{name} {version}" for name in LIBRARIES if (version := _version(name)) is not None)
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, GPU: {gpu}; Python {platform.python_version()}, {versions}"
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu}, {cores} cores usable, GPU: {gpu}; Python {platform.python_version()}, {versions}"
 
 
 def command_line(script: str) -> str:

@@ -42,7 +42,8 @@ default), the side's peak resident memory (its whole process) and, on CUDA, peak
 ``--flops`` counts, after the loop, the FLOPs of real training steps (forward and backward, in the side's
 precision) with ``torch.utils.flop_counter.FlopCounterMode`` at three of the padded batch lengths the loop
 trained on; a step's count is a polynomial of degree two in its length (convolutions and projections
-grow with it, attention with its square), so these three give the count of every batch the loop ran.
+grow with it, attention with its square; exact up to the rounding of frame counts), so these three give
+the count of every batch the loop ran.
 Divided by the loop's time that is the achieved rate, and against the device's peak (:data:`PEAK_TFLOPS`,
 or ``--peak-tflops``) the model FLOPs utilisation. The same pass lists the attention kernels one step ran
 (torch.profiler's op names: SDPA's flash, memory-efficient, cuDNN or math kernel).
@@ -389,9 +390,9 @@ def count_flops(step: Callable, shapes: list[tuple[int, int]], device: str, prec
 
     ``step(waveforms (B, T), attention_mask (B, T) bool, labels (B,))`` runs one forward and backward
     pass; ``shapes`` are the loop's micro-batches as (clips, padded length in samples). A step's FLOPs
-    per clip are a polynomial of degree two in its length, so they are counted by
-    ``FlopCounterMode`` at three lengths (the shortest, the median and the longest the loop ran)
-    and interpolated exactly for the others.
+    per clip are a polynomial of degree two in its length (up to the rounding of the convolutions'
+    frame counts), so they are counted by ``FlopCounterMode`` at three lengths (the shortest, the
+    median and the longest the loop ran) and interpolated for the others.
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -774,7 +775,7 @@ def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str]
 
 
 def validation_scores(job: dict, result: dict) -> dict:
-    """WA and UA of a side's final model on the validation clips (prepared as it expects), scored by ser.evaluate's code."""
+    """WA and UA of a side's final model on the validation clips (prepared as it expects), by ser.evaluate's code."""
     from ser.data.prepare import PrepareSettings, prepare
     from ser.data.ravdess import EMOTIONS
     from ser.data.splits import make_split
@@ -791,7 +792,7 @@ def validation_scores(job: dict, result: dict) -> dict:
 
 
 def duration_baseline(job: dict) -> float:
-    """Validation WA of a logistic regression on each clip's duration alone: what length, without the audio, predicts."""
+    """Validation WA of a logistic regression on each clip's duration alone: what length predicts without audio."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -893,7 +894,8 @@ def accuracy_verdict(side: dict, recipe: dict) -> str:
     differences = [a - b for a, b in zip(side["val_acc_runs"], recipe["val_acc_runs"])]
     mean = statistics.fmean(differences)
     if len(differences) == 1:
-        return f"validation accuracy {side['val_acc']:.1%} against {recipe['val_acc']:.1%} ({'equal or better' if mean >= 0 else 'lower'}, one seed)"
+        verdict = "equal or better" if mean >= 0 else "lower"
+        return f"validation accuracy {side['val_acc']:.1%} against {recipe['val_acc']:.1%} ({verdict}, one seed)"
     error = statistics.stdev(differences) / len(differences) ** 0.5
     if mean >= 0:
         verdict = "equal or better"
@@ -907,6 +909,10 @@ def accuracy_verdict(side: dict, recipe: dict) -> str:
     )
 
 
+def met(target_met: bool) -> str:
+    return "met" if target_met else "missed"
+
+
 def verdicts(results: dict[str, dict], names: dict[str, str]) -> str:
     recipe = results["recipe"]
     lines = []
@@ -915,10 +921,10 @@ def verdicts(results: dict[str, dict], names: dict[str, str]) -> str:
             continue
         ratio = r["clips_per_second"] / recipe["clips_per_second"]
         lines.append(
-            f"- {names[side]}: throughput {ratio:.2f}x the recipe's (target 1.5x: {'met' if ratio >= 1.5 else 'missed'}), "
+            f"- {names[side]}: throughput {ratio:.2f}x the recipe's (target 1.5x: {met(ratio >= 1.5)}), "
             f"{accuracy_verdict(r, recipe)}; "
-            f"padded frames {r['padded_frames']:.1%} (target under 5%: {'met' if r['padded_frames'] < 0.05 else 'missed'}), "
-            f"data waiting {r['data_wait']:.1%} (target under 5%: {'met' if r['data_wait'] < 0.05 else 'missed'})"
+            f"padded frames {r['padded_frames']:.1%} (target under 5%: {met(r['padded_frames'] < 0.05)}), "
+            f"data waiting {r['data_wait']:.1%} (target under 5%: {met(r['data_wait'] < 0.05)})"
         )
     return "\n".join(lines)
 
@@ -982,7 +988,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seeds",
         default=DEFAULT_SEEDS,
-        help=f"comma-separated seeds of the split, the initial weights and the batches, one run of every side each (default {DEFAULT_SEEDS})",
+        help=f"comma-separated seeds of the split, the initial weights and the batches, one run of every side each "
+        f"(default {DEFAULT_SEEDS})",
     )
     parser.add_argument(
         "--actors", type=int, help="actors of the synthetic corpus, 60 clips each (default 24; 2 with --quick)"
@@ -1006,7 +1013,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sides",
         default=DEFAULT_SIDES,
-        help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-onednn is ser with torch's oneDNN convolutions on",
+        help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-onednn is ser with torch's oneDNN "
+        "convolutions on, ser-cudnn ser with cuDNN's benchmark mode",
     )
     parser.add_argument(
         "--variant",
@@ -1084,13 +1092,14 @@ def main() -> None:
             seed_job = {**job, "seed": seed, "scratch": str(scratch / f"seed-{seed}")}
             Path(seed_job["scratch"]).mkdir()
             results = take_turns(sides, seed_job, Path(seed_job["scratch"]), names, f"seed {seed}: ")
-            for side, result in results.items():
+            for result in results.values():
                 result.update(validation_scores(seed_job, result))
             for check in ("initial_weights", "train_keys"):
                 values = {r[check] for r in results.values()}
                 if len(values) != 1:
                     raise SystemExit(
-                        f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair"
+                        f"error: the sides differ in {check.replace('_', ' ')} ({values}); "
+                        "the comparison would be unfair"
                     )
             runs.append(results)
             baselines.append(duration_baseline(seed_job))
@@ -1099,23 +1108,32 @@ def main() -> None:
     steps_done = {r["optimizer_steps"] for run in runs for r in run.values()}
     recipe, ser = results["recipe"], results["ser"]
     weights = ", ".join(f"{seed}: {run['recipe']['initial_weights']}" for seed, run in zip(seeds, runs))
-    body = f"""`{command_line("train.py")}`: encoder `{args.encoder_config}` ({ser["parameters"] / 1e6:.2f} M parameters, random initial weights, the same on every side for a seed: {weights}), {"synthetic corpus of" if args.root is None else f"{root},"} {ser["corpus_clips"]} clips, random stratified 80/20 split ({recipe["val_clips"]} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {", ".join(str(s) for s in sorted(steps_done))} optimizer steps per side, on {device}, precision {precision}, attention {recipe["attention"]}. Seeds {", ".join(map(str, seeds))} (split, initial weights, batches): every side ran once per seed, and each figure is the mean over the seeds; accuracy also shows the standard deviation and each seed's value.
-
-{table(results, names, peak)}
-
-{verdicts(results, names)}
-- Clip duration alone, without the audio (a logistic regression on each clip's length in seconds): validation accuracy {sum(baselines) / len(baselines):.1%}, each seed {" / ".join(f"{b:.1%}" for b in baselines)}. Length goes with emotion in this corpus; read the accuracies above against it.
-"""
+    corpus = "synthetic corpus of" if args.root is None else f"{root},"
+    steps_text = ", ".join(str(s) for s in sorted(steps_done))
+    baseline_seeds = " / ".join(f"{b:.1%}" for b in baselines)
+    body = (
+        f"`{command_line('train.py')}`: encoder `{args.encoder_config}` ({ser['parameters'] / 1e6:.2f} M parameters, "
+        f"random initial weights, the same on every side for a seed: {weights}), {corpus} {ser['corpus_clips']} clips, "
+        f"random stratified 80/20 split ({recipe['val_clips']} validation clips), batch {args.batch_size} x "
+        f"accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {steps_text} optimizer steps per "
+        f"side, on {device}, precision {precision}, attention {recipe['attention']}. "
+        f"Seeds {', '.join(map(str, seeds))} (split, initial weights, batches): every side ran once per seed, and "
+        "each figure is the mean over the seeds; accuracy also shows the standard deviation and each seed's value.\n\n"
+        f"{table(results, names, peak)}\n\n"
+        f"{verdicts(results, names)}\n"
+        "- Clip duration alone, without the audio (a logistic regression on each clip's length in seconds): "
+        f"validation accuracy {sum(baselines) / len(baselines):.1%}, each seed {baseline_seeds}. Length goes with "
+        "emotion in this corpus; read the accuracies above against it.\n"
+    )
     if args.flops:
+        counted_at = ", ".join(str(n) for n in ser["flops_counted_at"])
+        kernels = "; ".join(f"{names[side]}: {results[side]['sdpa_kernels']}" for side in sides)
+        kernel_names = ", ".join(f"`{k}`" for k in ser["attention_kernel_names"]) or "none by those names"
         body += (
-            "\nFLOPs counted with torch.utils.flop_counter.FlopCounterMode over real training steps "
-            f"(forward and backward) at padded lengths {', '.join(str(n) for n in ser['flops_counted_at'])} samples and interpolated for the "
-            f"other batches; the longest runs {ser['flops_per_clip_second'] / 1e9:.1f} GFLOP per second of audio for "
-            f"ser. Peak: {peak_source}. SDPA, by torch.profiler's op names over one step: "
-            + "; ".join(f"{names[side]}: {results[side]['sdpa_kernels']}" for side in sides)
-            + ". Attention kernels seen: "
-            + (", ".join(f"`{k}`" for k in ser["attention_kernel_names"]) or "none by those names")
-            + ".\n"
+            "\nFLOPs counted with torch.utils.flop_counter.FlopCounterMode over real training steps (forward and "
+            f"backward) at padded lengths {counted_at} samples and interpolated for the other batches; the longest "
+            f"runs {ser['flops_per_clip_second'] / 1e9:.1f} GFLOP per second of audio for ser. Peak: {peak_source}. "
+            f"SDPA, by torch.profiler's op names over one step: {kernels}. Attention kernels seen: {kernel_names}.\n"
         )
     if args.profile:
         body += (

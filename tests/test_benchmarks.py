@@ -106,6 +106,7 @@ def test_gpu_check_cpu(tmp_path):
     assert not failed, result.stdout[-4000:]
     for step in (
         "preflight/imports",
+        "preflight/compile",
         "e2e/train-32-true-sigterm",
         "e2e/train-32-true-resume",
         "e2e/train-bf16-mixed-sigterm",
@@ -129,6 +130,7 @@ def test_gpu_check_cpu(tmp_path):
     assert re.search(rf"\| e2e/train-bf16-mixed-resume \| pass \| {number} \| val/loss {number}", section)
     assert re.search(rf"\| e2e/export-onnx \| pass \| {number} \| CPU provider, probabilities within ", section)
     cells = row(section, "model FLOPs utilisation (MFU)")
-    assert len(cells) == 4 and all(re.fullmatch(r"\d+(\.\d+)?%", cell) for cell in cells), cells
-    assert len(row(section, "SDPA kernel in one step")) == 4
+    # ser, the recipe, ser in bf16-mixed (the compile side is left out on a CPU)
+    assert len(cells) == 3 and all(re.fullmatch(r"\d+(\.\d+)?%", cell) for cell in cells), cells
+    assert len(row(section, "SDPA kernel in one step")) == 3
     assert (REPO / "BENCHMARKS.md").read_text() == benchmarks_md  # --cpu writes to its folder only
