@@ -106,7 +106,6 @@ def test_gpu_check_cpu(tmp_path):
     assert not failed, result.stdout[-4000:]
     for step in (
         "preflight/imports",
-        "preflight/compile",
         "e2e/train-32-true-sigterm",
         "e2e/train-32-true-resume",
         "e2e/train-bf16-mixed-sigterm",
@@ -119,7 +118,7 @@ def test_gpu_check_cpu(tmp_path):
     ):
         assert step in names, (step, steps)
     skipped = {name for status, name in steps if status == "skip"}
-    assert skipped <= {"train-base/benchmark", "predict/benchmark"}, skipped
+    assert skipped <= {"preflight/compile", "train-base/benchmark", "predict/benchmark"}, skipped
 
     assert sorted(p.name for p in out.iterdir()) == ["BENCHMARKS.md", "gpu-check.tar.gz", "gpu.log", "summary.txt"]
     section = re.split(r"^## ", (out / "BENCHMARKS.md").read_text(), flags=re.M)[-1]
