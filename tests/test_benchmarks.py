@@ -82,7 +82,7 @@ def test_start_benchmark_writes_its_section(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2400)
 def test_gpu_check_cpu(tmp_path):
     """The prepared GPU check, on the CPU at tiny sizes: every step passes and the gpu section holds its figures."""
     out = tmp_path / "gpu-check"
@@ -94,7 +94,7 @@ def test_gpu_check_cpu(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=1400,
+        timeout=2300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
