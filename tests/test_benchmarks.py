@@ -5,6 +5,7 @@ Only that the figures are there is checked, never their values: speed is measure
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,3 +135,58 @@ def test_gpu_check_cpu(tmp_path):
     assert len(cells) == 3 and all(re.fullmatch(r"\d+(\.\d+)?%", cell) for cell in cells), cells
     assert len(row(section, "SDPA kernel in one step")) == 3
     assert (REPO / "BENCHMARKS.md").read_text() == benchmarks_md  # --cpu writes to its folder only
+
+
+@pytest.fixture
+def train_benchmark(monkeypatch):
+    """benchmarks/train.py as a module (its own imports find benchmarks/report.py)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("benchmark_train", REPO / "benchmarks" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_counted_at_three_lengths_give_those_of_every_length(train_benchmark):
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    from .helpers import TINY_ENCODER
+
+    torch.manual_seed(0)
+    # layerdrop off: a layer skipped at random would change a step's FLOPs
+    encoder = {k: v for k, v in TINY_ENCODER.items() if k != "model_type"}
+    config = Wav2Vec2Config(**encoder, layerdrop=0.0, num_labels=8)
+    model = Wav2Vec2ForSequenceClassification(config)
+
+    def step(waveforms, attention_mask, labels):
+        model(input_values=waveforms, attention_mask=attention_mask.long(), labels=labels).loss.backward()
+
+    shapes = [(2, 8_000), (3, 12_000), (2, 16_000), (1, 10_000)]  # 10 000 is not one of the three counted
+    result = train_benchmark.count_flops(step, shapes, "cpu", "32-true", model.wav2vec2)
+    assert result["flops_counted_at"] == [8_000, 12_000, 16_000]
+
+    exact = 0
+    for clips, length in shapes:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(torch.randn(clips, length), torch.ones(clips, length, dtype=torch.bool), torch.zeros(clips).long())
+        exact += counter.get_total_flops()
+    assert result["model_flops"] == pytest.approx(exact, rel=1e-3)
+    assert result["sdpa_kernels"].split(" (")[0] in ("flash", "memory-efficient", "cuDNN", "math")
+
+
+def test_peak_tflops_by_device_name(train_benchmark, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, peak in [
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("Tesla T4", None),
+    ]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda _=0, name=name: name)
+        assert train_benchmark.peak_tflops(None)[0] == peak, name
+    assert train_benchmark.peak_tflops(400.0) == (400.0, "400 TFLOP/s, given with --peak-tflops")
