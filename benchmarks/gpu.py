@@ -8,7 +8,7 @@ A GPU is at hand only at times and briefly, so everything is prepared to run in 
 of time is recorded and the next one runs. The parts:
 
 1. ``preflight``: the libraries (what is missing, and how to install it), the device, CUDA and driver
-   versions (nvidia-smi).
+   versions (nvidia-smi), and whether ``torch.compile`` builds a kernel on the device.
 2. ``e2e``: ``train.py experiment=demo`` shortened (a small synthetic corpus, two short epochs) with
    gradient accumulation 2, in 16-mixed and in bf16-mixed (``--cpu``: 32-true and bf16-mixed); each run
    is stopped by SIGTERM mid-epoch (``tests/interrupt.py``), resumed with ``ckpt_path=last`` in its fixed
@@ -18,7 +18,7 @@ of time is recorded and the next one runs. The parts:
 3. ``train-large`` and ``train-base``: ``benchmarks/train.py`` at XLSR-53's and wav2vec2-base's shapes
    (random weights), batch 4 x accumulation 2, sides ser 16-mixed, ser bf16-mixed, the recipe
    (``transformers.Trainer``, fp16) and ser with ``compile=true``, with ``--flops`` (FLOPs counted,
-   model FLOPs utilisation, SDPA kernel). ``--cpu``: the tiny encoder, once.
+   model FLOPs utilisation, SDPA kernel). ``--cpu``: the tiny encoder, once, without the compile side.
 4. ``predict``: ``benchmarks/predict.py`` at the large shapes on the device.
 
 ``--only e2e,train-large`` runs those parts alone (after the preflight), within their own shares of the
