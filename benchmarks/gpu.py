@@ -16,9 +16,10 @@ of time is recorded and the next one runs. The parts:
    device, ``ser evaluate``, ``ser export`` to a Hugging Face directory (predicted with on the device)
    and to ONNX (run by onnxruntime's CPU provider); the exports must give the checkpoint's probabilities.
 3. ``train-large`` and ``train-base``: ``benchmarks/train.py`` at XLSR-53's and wav2vec2-base's shapes
-   (random weights), batch 4 x accumulation 2, sides ser 16-mixed, ser bf16-mixed, the recipe
-   (``transformers.Trainer``, fp16) and ser with ``compile=true``, with ``--flops`` (FLOPs counted,
-   model FLOPs utilisation, SDPA kernel). ``--cpu``: the tiny encoder, once, without the compile side.
+   (random weights), batch 4 x accumulation 2, sides ser 16-mixed, ser bf16-mixed and the recipe
+   (``transformers.Trainer``, fp16), then ser with ``compile=true`` in a run of its own, with ``--flops``
+   (FLOPs counted, model FLOPs utilisation, SDPA kernel). ``--cpu``: the tiny encoder, once, without
+   the compile side.
 4. ``predict``: ``benchmarks/predict.py`` at the large shapes on the device.
 
 ``--only e2e,train-large`` runs those parts alone (after the preflight), within their own shares of the
@@ -140,13 +141,14 @@ class Check:
         self.say(step.line())
         return step
 
-    def run(self, name: str, command: list[str], ok_codes=(0,)) -> tuple[bool, str, float]:
-        """Run ``command`` in the repository, its output to its own log and gpu.log, within the part's time left.
+    def run(self, name: str, command: list[str], ok_codes=(0,), limit: float | None = None) -> tuple[bool, str, float]:
+        """Run ``command`` in the repository, its output to its own log and gpu.log, within the part's time left
+        (or ``limit`` seconds, if fewer).
 
         Returns (exit status in ``ok_codes``, its output, seconds). A failure is recorded here, with the
         last lines of the output on the console; a success is left for the caller to record with figures.
         """
-        left = self.left()
+        left = self.left() if limit is None else min(limit, self.left())
         if left < 1:
             self.record(name, "fail", 0.0, f"the part's {self.budget[self.part]:.0f} s were spent before it started")
             return False, "", 0.0
@@ -171,7 +173,7 @@ class Check:
         text = log_path.read_text(errors="replace")
         self.log.write(text + "\n")
         if timed_out:
-            self.record(name, "fail", seconds, f"timed out after {left:.0f} s (the part's time left)")
+            self.record(name, "fail", seconds, f"timed out after {left:.0f} s (its share of the part's time)")
         elif code not in ok_codes:
             self.record(name, "fail", seconds, f"exit status {code}: {last_error(text)}")
         if timed_out or code not in ok_codes:
@@ -480,23 +482,34 @@ def table_row(body: str, label: str) -> list[str]:
 
 
 def train_benchmark(check: Check, size: str, compiled: bool, levers: bool) -> None:
+    """``benchmarks/train.py`` at ``size``; the compile side in a run of its own, after the others.
+
+    Compiling XLSR-53 can take longer than the part's time: in a run of its own it cannot cost the
+    figures of the other sides (a run ends with its slowest side, and one failed side ends it).
+    """
     check.start_part(f"train-{size}")
     if check.cpu and size == "base":
         check.record("benchmark", "skip", 0.0, "--cpu runs the training benchmark once, at the tiny size")
         return
-    output = check.work / f"train-{size}.md"
+    precision = "32-true" if check.cpu else "16-mixed"
+    sides = "ser,recipe,ser-cudnn,ser-fused-adam" if levers else "ser,recipe"
+    names = f"ser {precision} / recipe" + (" / ser cuDNN benchmark / ser fused Adam" if levers else "")
+    # the first run gets 60% of the part's time when the compile run follows, so that it has some left
+    limit = 0.6 * check.left() if compiled else None
+    variants = ["--variant", "trainer.precision=bf16-mixed"]
+    training_benchmark(check, "benchmark", size, sides, variants, names + " / ser bf16-mixed", limit)
+    if compiled:
+        variants = ["--variant", "compile=true"]
+        training_benchmark(check, "compile", size, "ser,recipe", variants, f"ser {precision} / recipe / ser compile")
+
+
+def training_benchmark(
+    check: Check, step: str, size: str, sides: str, variants: list[str], names: str, limit: float | None = None
+) -> None:
+    """One run of ``benchmarks/train.py --flops``: its section kept, its figures on the step's line."""
+    output = check.work / f"train-{size}-{step}.md"
     command = python(
-        "benchmarks/train.py",
-        "--sides",
-        "ser,recipe,ser-cudnn,ser-fused-adam" if levers else "ser,recipe",
-        "--variant",
-        "trainer.precision=bf16-mixed",
-        *(["--variant", "compile=true"] if compiled else []),
-        "--seeds",
-        "42",
-        "--flops",
-        "--output",
-        str(output),
+        "benchmarks/train.py", "--sides", sides, *variants, "--seeds", "42", "--flops", "--output", str(output)
     )
     if check.cpu:
         # 16-mixed is CUDA's; the notional peak only exercises the MFU arithmetic
@@ -506,14 +519,15 @@ def train_benchmark(check: Check, size: str, compiled: bool, levers: bool) -> No
         command += ["--steps", "24" if size == "large" else "32"]
         corpus = check.work / "corpus"  # the e2e part's, when it made one
         command += ["--root", str(corpus)] if corpus.is_dir() else ["--actors", str(E2E_ACTORS)]
-    ok, _, seconds = check.run("benchmark", command)
+    ok, _, seconds = check.run(step, command, limit=limit)
     if not ok:
         return
     body = section_body(output, "train")
     if body is None:
-        check.record("benchmark", "fail", seconds, f"no train section in {output.name}")
+        check.record(step, "fail", seconds, f"no train section in {output.name}")
         return
-    check.sections[f"train, {'tiny (--cpu)' if check.cpu else size}"] = body
+    title = f"train, {'tiny (--cpu)' if check.cpu else size}" + (", compile" if step == "compile" else "")
+    check.sections[title] = body
     figures = []
     for label, short in (
         ("training throughput (clips/s)", "clips/s"),
@@ -524,10 +538,7 @@ def train_benchmark(check: Check, size: str, compiled: bool, levers: bool) -> No
         cells = table_row(body, label)
         if cells:
             figures.append(f"{short} {' / '.join(cells)}")
-    precision = "32-true" if check.cpu else "16-mixed"
-    sides = f"ser {precision} / recipe" + (" / ser cuDNN benchmark / ser fused Adam" if levers else "")
-    sides += " / ser bf16-mixed" + (" / ser compile" if compiled else "")
-    check.record("benchmark", "pass", seconds, f"({sides}): " + "; ".join(figures))
+    check.record(step, "pass", seconds, f"({names}): " + "; ".join(figures))
 
 
 def predict_benchmark(check: Check) -> None:
