@@ -318,7 +318,7 @@ def e2e_overrides(check: Check, corpus: Path, precision: str, run_dir: Path) -> 
         "trainer.accumulate_grad_batches=2",
         "trainer.num_sanity_val_steps=0",
         "trainer.enable_progress_bar=false",
-        "callbacks.checkpoint_every_n_steps=1",
+        "checkpoint.every_n_steps=1",
         "logger=csv",
         f"run_dir={run_dir}",
     ]

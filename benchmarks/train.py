@@ -112,7 +112,7 @@ def compose_config(job: dict, trim_db: float | None, variant: tuple[str, ...] = 
 
     ``variant``: more Hydra overrides, for a side that tries a setting the project does not use by default.
     """
-    from ser.cli import compose
+    from ser.config import compose
 
     overrides = [
         "model=tiny",
