@@ -10,7 +10,7 @@ of time is recorded and the next one runs. The parts:
 1. ``preflight``: the libraries (what is missing, and how to install it), the device, CUDA and driver
    versions (nvidia-smi), and whether ``torch.compile`` builds a kernel on the device.
 2. ``e2e``: ``train.py experiment=demo`` shortened (a small synthetic corpus, two short epochs) with
-   gradient accumulation 2, in 16-mixed and in bf16-mixed (``--cpu``: 32-true and bf16-mixed); each run
+   gradient accumulation 2, in 16-mixed and in bf16-mixed (``--cpu``: one epoch, in bf16-mixed); each run
    is stopped by SIGTERM mid-epoch (``tests/interrupt.py``), resumed with ``ckpt_path=last`` in its fixed
    ``hydra.run.dir``, and must end with finite metrics. Then ``ser predict`` of its checkpoint on the
    device, ``ser evaluate``, ``ser export`` to a Hugging Face directory (predicted with on the device)
@@ -18,9 +18,13 @@ of time is recorded and the next one runs. The parts:
 3. ``train-large`` and ``train-base``: ``benchmarks/train.py`` at XLSR-53's and wav2vec2-base's shapes
    (random weights), batch 4 x accumulation 2, sides ser 16-mixed, ser bf16-mixed and the recipe
    (``transformers.Trainer``, fp16), then ser with ``compile=true`` in a run of its own, with ``--flops``
-   (FLOPs counted, model FLOPs utilisation, SDPA kernel). ``--cpu``: the tiny encoder, once, without
-   the compile side.
-4. ``predict``: ``benchmarks/predict.py`` at the large shapes on the device.
+   (FLOPs counted, model FLOPs utilisation, SDPA kernel). ``--cpu``: the tiny encoder, once, on one
+   actor, without the compile side.
+4. ``predict``: ``benchmarks/predict.py`` at the large shapes on the device (``--cpu``: the e2e
+   checkpoint on a few files).
+
+``--cpu`` runs every step of the GPU's at least once, as small as it goes (:data:`CPU_SIZES`), and says
+of each step it leaves out ``skipped on CPU (why)``.
 
 ``--only e2e,train-large`` runs those parts alone (after the preflight), within their own shares of the
 time, to rerun what failed. ``--levers`` adds two sides to the training benchmarks, the levers towards
@@ -37,11 +41,17 @@ written by the check itself; ``--merge`` copies the section there once the folde
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import importlib
 import importlib.util
 import json
 import math
 import os
 import re
+import resource
+import runpy
+import select
 import shlex
 import shutil
 import signal
@@ -50,6 +60,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,11 +92,58 @@ REQUIRED = {
 WHEELS = REPO / ".whl"  # wheels carried to a machine without a package index
 # Seconds for each part on a GPU: 8 minutes in all, the most a device command should take with a rerun in reach
 GPU_BUDGET = {"preflight": 45, "e2e": 130, "train-large": 160, "train-base": 75, "predict": 70}
-# On the CPU, where a 2-core machine shared with other work spends most of it importing torch
-CPU_BUDGET = {"preflight": 60, "e2e": 900, "train-large": 420, "train-base": 10, "predict": 360}
-# The e2e corpus (and the training benchmarks'): 3 synthetic actors, one each for training, validation and test
+# On the CPU: generous, since a 2-core machine shared with other work may run several times slower than alone
+CPU_BUDGET = {"preflight": 30, "e2e": 240, "train-large": 240, "train-base": 10, "predict": 80}
+# The e2e corpus (and the training benchmarks' on a GPU): 3 synthetic actors, one each for training, validation
+# and test
 E2E_ACTORS = 3
-PREDICT_FILES = 8
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What the check runs at: the e2e training runs, the files predicted, the training benchmark."""
+
+    precisions: tuple[str, ...]  # the e2e runs, each interrupted and resumed
+    batch_size: int
+    max_seconds: float  # clips cropped to this length in training
+    epochs: int
+    # per epoch: the SIGTERM comes at the 3rd batch, inside the 2nd accumulation window of 2; the run stops
+    # at the window's end, after the 4th, and the resumed run goes on from the 5th
+    train_batches: int
+    val_batches: int
+    test_batches: int | None  # None: the whole test actor
+    predict_files: int
+    benchmark_actors: int  # the training benchmark's corpus when the e2e part made none (on the CPU: always)
+    benchmark_steps: dict[str, int]  # optimizer steps per side, by encoder size
+
+
+GPU_SIZES = Sizes(
+    precisions=("16-mixed", "bf16-mixed"),
+    batch_size=4,
+    max_seconds=3.0,
+    epochs=2,
+    train_batches=6,
+    val_batches=2,
+    test_batches=None,
+    predict_files=8,
+    benchmark_actors=E2E_ACTORS,
+    benchmark_steps={"large": 24, "base": 32},
+)
+# The CPU's: every step of the GPU's once, as small as it goes. 16-mixed is CUDA's, so the e2e path runs
+# in bf16-mixed, the other mixed precision of the GPU's; one epoch of 6 batches still stops inside an
+# accumulation window and resumes mid-epoch, with one validation after it.
+CPU_SIZES = Sizes(
+    precisions=("bf16-mixed",),
+    batch_size=2,
+    max_seconds=1.0,
+    epochs=1,
+    train_batches=6,
+    val_batches=1,
+    test_batches=2,
+    predict_files=4,
+    benchmark_actors=1,
+    benchmark_steps={"tiny": 2},
+)
 # Largest difference of a probability between the checkpoint and its exports: the device's float32
 # kernels (cuDNN convolutions in TF32 by default) against onnxruntime's CPU ones
 EXPORT_TOLERANCE = 5e-3
@@ -108,6 +166,8 @@ class Check:
     work: Path
     cpu: bool
     budget: dict[str, float]
+    sizes: Sizes
+    forks: Forks | None = None  # on the CPU, where the Python steps are forked (see Forks)
     steps: list[Step] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)  # title -> a benchmark's section body
     facts: dict[str, str] = field(default_factory=dict)
@@ -141,9 +201,11 @@ class Check:
         self.say(step.line())
         return step
 
-    def run(self, name: str, command: list[str], ok_codes=(0,), limit: float | None = None) -> tuple[bool, str, float]:
+    def run(
+        self, name: str, command: list[str], ok_codes=(0,), limit: float | None = None, fork: bool = True
+    ) -> tuple[bool, str, float]:
         """Run ``command`` in the repository, its output to its own log and gpu.log, within the part's time left
-        (or ``limit`` seconds, if fewer).
+        (or ``limit`` seconds, if fewer); on the CPU in a forked child (:class:`Forks`), unless not ``fork``.
 
         Returns (exit status in ``ok_codes``, its output, seconds). A failure is recorded here, with the
         last lines of the output on the console; a success is left for the caller to record with figures.
@@ -157,21 +219,15 @@ class Check:
         started = time.monotonic()
         with open(log_path, "w") as output:
             output.write(f"$ {shlex.join(command)}\n")
-            output.flush()
-            # a session of its own, so that a timeout ends the processes it started too
-            process = subprocess.Popen(
-                command, cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            try:
-                code = process.wait(timeout=left)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                code = process.wait()
-                timed_out = True
+        if fork and self.forks is not None and Forks.takes(command):
+            code, timed_out, cpu_seconds = self.forks.run(command, log_path, left)
+        else:
+            code, timed_out, cpu_seconds = run_process(command, log_path, left)
         seconds = time.monotonic() - started
         text = log_path.read_text(errors="replace")
         self.log.write(text + "\n")
+        # CPU seconds tell a slow step from a busy machine
+        self.log.write(f"--- {self.part}/{name}: {seconds:.1f} s, {cpu_seconds:.1f} CPU s\n")
         if timed_out:
             self.record(name, "fail", seconds, f"timed out after {left:.0f} s (its share of the part's time)")
         elif code not in ok_codes:
@@ -181,6 +237,153 @@ class Check:
             print(f"    last lines of {log_path.name}:\n" + "\n".join(f"    | {line}" for line in tail.splitlines()))
             return False, text, seconds
         return True, text, seconds
+
+
+def run_process(command: list[str], log_path: Path, timeout: float) -> tuple[int, bool, float]:
+    """Run ``command`` in the repository, its output appended to ``log_path``; (exit status, timed out, CPU seconds)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = usage.ru_utime + usage.ru_stime
+    with open(log_path, "a") as output:
+        # a session of its own, so that a timeout ends the processes it started too
+        process = subprocess.Popen(
+            command, cwd=REPO, env=child_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            code, timed_out = process.wait(timeout=timeout), False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code, timed_out = process.wait(), True
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return code, timed_out, usage.ru_utime + usage.ru_stime - cpu_before
+
+
+# What the CPU check's Python steps import, once, in the process they are forked from
+PRELOADED = (
+    "torch",
+    "torchaudio",
+    "pytorch_lightning",
+    "transformers",
+    "hydra",
+    "torchmetrics",
+    "sklearn.model_selection",
+    "onnx",
+    "onnxruntime",
+    "ser.train",
+    "ser.evaluate",
+    "ser.export",
+    "ser.inference",
+    "ser.config",
+    "datasets",  # the training benchmark's recipe side
+    "accelerate",
+)  # not the modules the steps run as __main__ (ser.cli, tests.interrupt): runpy would run them over
+
+
+class Forks:
+    """The CPU check's Python steps, each forked from one process that imported their libraries once.
+
+    On a CPU the steps are tiny and each new interpreter would spend most of its time importing torch,
+    Lightning and transformers, again and again. A forked child is a process of its own as a new
+    interpreter would be (its own session, output, exit status and signals), running the same command
+    line through :mod:`runpy`. The GPU check starts every step as a new interpreter: forking a process
+    that may have touched CUDA is unsafe, and there the imports are a small part of each step.
+    """
+
+    def __init__(self):
+        # the parent's stdin for commands, its stdout for replies: "<pid>", then "<exit status> <CPU seconds>"
+        self.process = subprocess.Popen(
+            python(__file__, "--fork-server"),
+            cwd=REPO,
+            env=child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.pending = b""
+
+    @staticmethod
+    def takes(command: list[str]) -> bool:
+        """Whether ``command`` is ``python -m MODULE ...`` or ``python SCRIPT.py ...``, which a fork can run."""
+        return command[0] == sys.executable and len(command) > 1 and (command[1] == "-m" or command[1].endswith(".py"))
+
+    def _reply(self, timeout: float | None) -> str | None:
+        """The server's next line, or None if none came within ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = self.process.stdout.fileno()
+        while b"\n" not in self.pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([out], [], [], wait)[0]:
+                return None
+            chunk = os.read(out, 4096)
+            if not chunk:
+                raise RuntimeError(f"the fork server ended (exit status {self.process.wait()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
+    def run(self, command: list[str], log_path: Path, timeout: float) -> tuple[int, bool, float]:
+        """As :func:`run_process`, in a child forked from the server."""
+        self.process.stdin.write(json.dumps({"argv": command[1:], "log": str(log_path)}) + "\n")
+        self.process.stdin.flush()
+        pid = int(self._reply(timeout=60))
+        reply, timed_out = self._reply(timeout), False
+        if reply is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            reply, timed_out = self._reply(None), True
+        code, cpu_seconds = reply.split()
+        return int(code), timed_out, float(cpu_seconds)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def fork_server() -> None:
+    """Import :data:`PRELOADED`, then fork a child for every command line read from stdin (see :class:`Forks`)."""
+    for module in PRELOADED:
+        with contextlib.suppress(ImportError):  # a step that needs it fails as a new interpreter would
+            importlib.import_module(module)
+    replies = sys.stdout
+    for line in sys.stdin:
+        job = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            run_forked(job["argv"], job["log"])
+        print(pid, file=replies, flush=True)
+        _, status, usage = os.wait4(pid, 0)
+        print(os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime, file=replies, flush=True)
+
+
+def run_forked(argv: list[str], log: str) -> None:
+    """In the forked child: run ``python ARGV`` (``-m MODULE ...`` or ``SCRIPT ...``) and exit with its status."""
+    os.setsid()  # a session of its own, which a timeout kills whole
+    output = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    code = 0
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = str(Path(argv[0]).resolve().parent)  # as a script's own folder comes first
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as error:
+        if isinstance(error.code, int) or error.code is None:
+            code = error.code or 0
+        else:
+            print(error.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001 - reported as a new interpreter would, with its traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        atexit._run_exitfuncs()  # as an interpreter's exit would: loggers, pools, temporary folders
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def child_env() -> dict[str, str]:
@@ -275,7 +478,7 @@ def compile_works(check: Check) -> bool:
     if check.cpu:
         # Inductor's first build on a CPU probes the compiler for minutes; the CPU's compile path is the
         # training tests' and benchmarks' (compile=true)
-        check.record("compile", "skip", 0.0, "--cpu: the check of torch.compile is the GPU's")
+        check.record("compile", "skip", 0.0, "skipped on CPU (Inductor's first build takes minutes there)")
         return False
     code = (
         "import torch; f = torch.compile(lambda x: torch.nn.functional.gelu(x) * 2); "
@@ -303,18 +506,20 @@ def data_overrides(check: Check, corpus: Path) -> list[str]:
 
 
 def e2e_overrides(check: Check, corpus: Path, precision: str, run_dir: Path) -> list[str]:
-    """The demo shortened: two epochs of 6 batches of 4 clips, accumulation 2, a checkpoint at every step."""
+    """The demo shortened (on a GPU: two epochs of 6 batches of 4 clips), accumulation 2, a checkpoint at every step."""
+    sizes = check.sizes
     return [
         "experiment=demo",
         *data_overrides(check, corpus),
-        "data.batch_size=4",
-        "data.max_seconds=3.0",
+        f"data.batch_size={sizes.batch_size}",
+        f"data.max_seconds={sizes.max_seconds}",
         f"trainer.accelerator={'cpu' if check.cpu else 'gpu'}",
         "trainer.devices=1",
         f"trainer.precision={precision}",
-        "trainer.max_epochs=2",
-        "trainer.limit_train_batches=6",
-        "trainer.limit_val_batches=2",
+        f"trainer.max_epochs={sizes.epochs}",
+        f"trainer.limit_train_batches={sizes.train_batches}",
+        f"trainer.limit_val_batches={sizes.val_batches}",
+        *([] if sizes.test_batches is None else [f"trainer.limit_test_batches={sizes.test_batches}"]),
         "trainer.accumulate_grad_batches=2",
         "trainer.num_sanity_val_steps=0",
         "trainer.enable_progress_bar=false",
@@ -324,17 +529,20 @@ def e2e_overrides(check: Check, corpus: Path, precision: str, run_dir: Path) -> 
     ]
 
 
-def finite_metrics(run_dir: Path) -> tuple[bool, str]:
+def finite_metrics(run_dir: Path, required: tuple[str, ...]) -> tuple[bool, str]:
+    """Whether ``run_dir/metrics.json`` holds the ``required`` metrics and every one of its numbers is finite."""
     path = run_dir / "metrics.json"
     if not path.is_file():
         return False, f"no {path.name} in {run_dir}"
     metrics = json.loads(path.read_text())
     numbers = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+    missing = [key for key in required if key not in numbers]
+    if missing:
+        return False, f"no {', '.join(missing)} in {path.name} (it holds {', '.join(numbers) or 'no numbers'})"
     bad = [key for key, value in numbers.items() if not math.isfinite(value)]
-    shown = ", ".join(f"{key} {numbers[key]:.4f}" for key in ("val/loss", "val/uar", "test/uar") if key in numbers)
-    if bad or not numbers:
-        return False, f"metrics not finite: {', '.join(bad) or 'none at all'}"
-    return True, shown
+    if bad:
+        return False, f"metrics not finite: {', '.join(bad)}"
+    return True, ", ".join(f"{key} {numbers[key]:.4f}" for key in ("val/loss", "val/uar", "test/uar") if key in numbers)
 
 
 def train_interrupted_and_resumed(check: Check, corpus: Path, precision: str) -> Path | None:
@@ -361,7 +569,8 @@ def train_interrupted_and_resumed(check: Check, corpus: Path, precision: str) ->
     if "resuming" not in text:
         check.record(f"train-{precision}-resume", "fail", seconds, "the run did not say it resumed")
         return None
-    finite, detail = finite_metrics(run_dir)
+    # the validation after the resumed epoch, and the test after fit
+    finite, detail = finite_metrics(run_dir, ("val/loss", "val/uar", "test/uar"))
     check.record(f"train-{precision}-resume", "pass" if finite else "fail", seconds, detail)
     return last if finite else None
 
@@ -393,20 +602,22 @@ def takes_option(command: list[str], option: str) -> bool:
 def end_to_end(check: Check) -> None:
     check.start_part("e2e")
     corpus = check.work / "corpus"
+    # a new interpreter, which needs torch alone: on the CPU, while the fork server imports the rest
     ok, _, seconds = check.run(
-        "corpus", python("-m", "ser.cli", "-q", "synth", str(corpus), "--actors", str(E2E_ACTORS))
+        "corpus", python("-m", "ser.cli", "-q", "synth", str(corpus), "--actors", str(E2E_ACTORS)), fork=False
     )
     if not ok:
         return
     check.record("corpus", "pass", seconds, f"{E2E_ACTORS} synthetic actors")
-    precisions = ("32-true", "bf16-mixed") if check.cpu else ("16-mixed", "bf16-mixed")
-    checkpoints = [train_interrupted_and_resumed(check, corpus, precision) for precision in precisions]
+    if check.cpu:
+        check.record("train-16-mixed", "skip", 0.0, "skipped on CPU (16-mixed is CUDA's; bf16-mixed runs instead)")
+    checkpoints = [train_interrupted_and_resumed(check, corpus, precision) for precision in check.sizes.precisions]
     checkpoint = next((c for c in checkpoints if c is not None), None)
     if checkpoint is None:
         check.record("predict-evaluate-export", "skip", 0.0, "no training run ended")
         return
 
-    files = sorted(corpus.glob(f"Actor_{E2E_ACTORS:02d}/*.wav"))[:PREDICT_FILES]
+    files = sorted(corpus.glob(f"Actor_{E2E_ACTORS:02d}/*.wav"))[: check.sizes.predict_files]
     paths = [str(f) for f in files]
     ser = python("-m", "ser.cli", "-q")
     on_device = ["--device", check.device]
@@ -425,7 +636,7 @@ def end_to_end(check: Check) -> None:
         device_note = "on the CPU: ser evaluate takes no --device"
     ok, _, seconds = check.run("evaluate", [*evaluate, str(checkpoint), *data_overrides(check, corpus)])
     if ok:
-        finite, detail = finite_metrics(evaluation)
+        finite, detail = finite_metrics(evaluation, ("test/uar",))
         check.record("evaluate", "pass" if finite else "fail", seconds, f"{detail} ({device_note})")
 
     hf = check.work / "export-hf"
@@ -489,7 +700,7 @@ def train_benchmark(check: Check, size: str, compiled: bool, levers: bool) -> No
     """
     check.start_part(f"train-{size}")
     if check.cpu and size == "base":
-        check.record("benchmark", "skip", 0.0, "--cpu runs the training benchmark once, at the tiny size")
+        check.record("benchmark", "skip", 0.0, "skipped on CPU (the CPU runs the training benchmark once, tiny)")
         return
     precision = "32-true" if check.cpu else "16-mixed"
     sides = "ser,recipe,ser-cudnn,ser-fused-adam" if levers else "ser,recipe"
@@ -501,6 +712,10 @@ def train_benchmark(check: Check, size: str, compiled: bool, levers: bool) -> No
     if compiled:
         variants = ["--variant", "compile=true"]
         training_benchmark(check, "compile", size, "ser,recipe", variants, f"ser {precision} / recipe / ser compile")
+    elif check.cpu:
+        check.record("compile", "skip", 0.0, "skipped on CPU (Inductor's first build takes minutes there)")
+    else:
+        check.record("compile", "skip", 0.0, "torch.compile builds no kernel here (see preflight/compile)")
 
 
 def training_benchmark(
@@ -512,13 +727,16 @@ def training_benchmark(
         "benchmarks/train.py", "--sides", sides, *variants, "--seeds", "42", "--flops", "--output", str(output)
     )
     if check.cpu:
-        # 16-mixed is CUDA's; the notional peak only exercises the MFU arithmetic
-        command += ["--quick", "--device", "cpu", "--precision", "32-true", "--peak-tflops", "1"]
+        # 16-mixed is CUDA's; the notional peak only exercises the MFU arithmetic; one actor of its own is
+        # a quarter of the clips that the recipe's side decodes and ser's prepares
+        command += ["--quick", "--device", "cpu", "--precision", "32-true", "--peak-tflops", "1", "--fork-sides"]
+        command += ["--steps", str(check.sizes.benchmark_steps["tiny"]), "--batch-size", str(check.sizes.batch_size)]
+        command += ["--actors", str(check.sizes.benchmark_actors)]
     else:
         command += ["--encoder-config", size, "--device", "cuda", "--precision", "16-mixed"]
-        command += ["--steps", "24" if size == "large" else "32"]
+        command += ["--steps", str(check.sizes.benchmark_steps[size])]
         corpus = check.work / "corpus"  # the e2e part's, when it made one
-        command += ["--root", str(corpus)] if corpus.is_dir() else ["--actors", str(E2E_ACTORS)]
+        command += ["--root", str(corpus)] if corpus.is_dir() else ["--actors", str(check.sizes.benchmark_actors)]
     ok, _, seconds = check.run(step, command, limit=limit)
     if not ok:
         return
@@ -550,6 +768,10 @@ def predict_benchmark(check: Check) -> None:
     output = check.work / "predict.md"
     if check.cpu:
         command += ["--device", "cpu", "--encoder-config", "tiny", "--quick", "--output", str(output)]
+        command += ["--files", str(check.sizes.predict_files)]
+        # the e2e part's checkpoint, when it made one, spares training one (predict.py's own is tested on its own)
+        checkpoint = next(iter(sorted(check.work.glob("run-*/checkpoints/last.ckpt"))), None)
+        command += ["--checkpoint", str(checkpoint)] if checkpoint else []
     else:
         command += ["--device", "cuda", "--encoder-config", "large", "--output", str(output)]
     ok, _, seconds = check.run("benchmark", command)
@@ -614,13 +836,23 @@ def merge(section_file: Path) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/gpu.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cpu", action="store_true", help="on the CPU at tiny sizes: the check of the check")
     parser.add_argument(
-        "--out", type=Path, default=Path("gpu-check"), help="the folder for everything (default gpu-check/)"
+        "--out",
+        type=Path,
+        default=Path("gpu-check"),
+        metavar="DIR",
+        help="an empty or new folder for it all (default gpu-check/)",
     )
     parser.add_argument(
-        "--budget", type=float, help="seconds for the whole check, shared out in proportion (default 480 on a GPU)"
+        "--budget",
+        type=float,
+        metavar="SECONDS",
+        help=f"seconds for the whole check, shared out in proportion (default {sum(GPU_BUDGET.values())} on a GPU, "
+        f"{sum(CPU_BUDGET.values())} with --cpu)",
     )
     parser.add_argument("--only", metavar="PART,...", help="run these parts alone (after the preflight)")
     parser.add_argument(
@@ -629,11 +861,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder (runs, exports, corpus)")
     parser.add_argument("--merge", type=Path, metavar="BENCHMARKS_MD", help="copy its gpu section into BENCHMARKS.md")
     parser.add_argument("--onnx-cpu", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--fork-server", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
+    if args.fork_server:
+        fork_server()
+        return 0
     if args.onnx_cpu:
         onnx_on_cpu(args.onnx_cpu[0], args.onnx_cpu[1:])
         return 0
@@ -653,13 +889,14 @@ def main() -> int:
         raise SystemExit(f"error: --out {out} is not empty: give a new folder, or empty it")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ser-gpu-check-"))
-    check = Check(out=out, work=work, cpu=args.cpu, budget=budget)
+    check = Check(out=out, work=work, cpu=args.cpu, budget=budget, sizes=CPU_SIZES if args.cpu else GPU_SIZES)
     command = shlex.join(["bash", "benchmarks/gpu.sh", *sys.argv[1:]])
     started = time.monotonic()
     check.say(f"{command}: scratch folder {work}, results in {out}")
     section = None
     try:
         if preflight(check):
+            check.forks = Forks() if args.cpu else None
             compiled = compile_works(check)  # without it the training benchmarks leave their compile side out
             parts = {
                 "e2e": end_to_end,
@@ -682,6 +919,8 @@ def main() -> int:
             except ImportError:  # the section names the machine through torch; the step lines say what is missing
                 (out / "summary.txt").write_text("\n".join(step.line() for step in check.steps) + "\n")
     finally:
+        if check.forks is not None:
+            check.forks.close()
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
     check.say("\n=== summary")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check in one command (see benchmarks/gpu.py and docs/gpu.md):
-#   bash benchmarks/gpu.sh [--cpu] [--out DIR] [--budget SECONDS] [--keep-work]
+#   bash benchmarks/gpu.sh [--cpu] [--out DIR] [--budget SECONDS] [--only PART,...] [--levers] [--keep-work]
+#   bash benchmarks/gpu.sh --help
 # Runs from any directory; the repository is this script's parent's parent. Exit status 1 if a step failed.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -78,33 +79,33 @@ def test_start_benchmark_writes_its_section(tmp_path):
     assert re.search(r"\| worker 1 \| \d+ \| \d+ \|", section)  # two workers, their memory read
 
 
+# The CPU budget of benchmarks/gpu.py (600 s), which bounds the check, and a margin for its start and its outputs
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(900)
 def test_gpu_check_cpu(tmp_path):
-    """The prepared GPU check, on the CPU at tiny sizes: every step passes and the gpu section holds its figures."""
+    """The prepared GPU check, on the CPU at tiny sizes: every step passes or says why the CPU skips it, and
+    the gpu section holds the machine's facts and the steps' figures."""
     out = tmp_path / "gpu-check"
     benchmarks_md = (REPO / "BENCHMARKS.md").read_text()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "offline"}
     result = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu.sh"), "--cpu", "--out", str(out)],
         cwd=tmp_path,  # the script finds the repository itself
         env=env,
         capture_output=True,
         text=True,
-        timeout=2300,
+        timeout=840,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = (out / "summary.txt").read_text()
-    steps = re.findall(r"^(pass|fail|skip)  (\S+)  ", summary, flags=re.M)
+    steps = re.findall(r"^(pass|fail|skip)  (\S+)  [\d.]+ s(?:  (.*))?$", summary, flags=re.M)
     assert len(steps) == len(summary.splitlines())
     assert result.stdout.split("=== summary\n")[1].startswith(summary)  # the console ends with the same lines
-    names = {name for status, name in steps if status == "pass"}
-    failed = [name for status, name in steps if status == "fail"]
-    assert not failed, result.stdout[-4000:]
-    for step in (
+    passed = {name for status, name, _ in steps if status == "pass"}
+    assert passed == {
         "preflight/imports",
-        "e2e/train-32-true-sigterm",
-        "e2e/train-32-true-resume",
+        "preflight/device",
+        "e2e/corpus",
         "e2e/train-bf16-mixed-sigterm",
         "e2e/train-bf16-mixed-resume",
         "e2e/predict",
@@ -112,23 +113,30 @@ def test_gpu_check_cpu(tmp_path):
         "e2e/export-hf",
         "e2e/export-onnx",
         "train-large/benchmark",
-    ):
-        assert step in names, (step, steps)
-    skipped = {name for status, name in steps if status == "skip"}
-    assert skipped <= {"preflight/compile", "train-base/benchmark", "predict/benchmark"}, skipped
+        "predict/benchmark",
+    }, steps
+    skipped = {name: detail for status, name, detail in steps if status == "skip"}
+    assert set(skipped) == {"preflight/compile", "e2e/train-16-mixed", "train-large/compile", "train-base/benchmark"}
+    assert all(detail.startswith("skipped on CPU (") for detail in skipped.values()), skipped
 
     assert sorted(p.name for p in out.iterdir()) == ["BENCHMARKS.md", "gpu-check.tar.gz", "gpu.log", "summary.txt"]
     section = re.split(r"^## ", (out / "BENCHMARKS.md").read_text(), flags=re.M)[-1]
-    assert section.startswith("gpu\n") and "Measured " in section
-    for name in names:
-        assert f"| {name} | pass |" in section, name
+    assert section.startswith("gpu\n") and "Measured " in section and "GPU: none" in section
     number = r"\d+(\.\d+)?"
+    # the facts the section gives of the device: its name, torch's and CUDA's versions
+    assert re.search(rf"torch {number}\S*; CUDA \(torch\) \S+; device CPU \(--cpu\)\.", section), section[:1000]
+    for status, name, _ in steps:
+        assert f"| {name} | {status} |" in section, name
     assert re.search(rf"\| e2e/train-bf16-mixed-resume \| pass \| {number} \| val/loss {number}", section)
     assert re.search(rf"\| e2e/export-onnx \| pass \| {number} \| CPU provider, probabilities within ", section)
     cells = row(section, "model FLOPs utilisation (MFU)")
     # ser, the recipe, ser in bf16-mixed (the compile side is left out on a CPU)
     assert len(cells) == 3 and all(re.fullmatch(r"\d+(\.\d+)?%", cell) for cell in cells), cells
     assert len(row(section, "SDPA kernel in one step")) == 3
+    assert "### predict, tiny (--cpu)" in section
+    assert re.search(rf"\| ser predict \| {number} \| {number}x \|", section)
+    log = (out / "gpu.log").read_text()
+    assert "trainer.precision=bf16-mixed" in log and "trainer.accumulate_grad_batches=2" in log
     assert (REPO / "BENCHMARKS.md").read_text() == benchmarks_md  # --cpu writes to its folder only
 
 
