@@ -79,8 +79,10 @@ def main() -> None:
             rows.append(f"| {batch_size} | {random:.1%} | {bucketed:.1%} |")
 
     summary = corpus.summary()
-    body = f"""`python benchmarks/prepare.py` on {summary["clips"]} clips ({summary["hours"]:.2f} h of audio, {len(summary["actors"])} actors), {"synthetic corpus" if args.root is None else args.root}.
-
+    body = (
+        f"`python benchmarks/prepare.py` on {summary['clips']} clips ({summary['hours']:.2f} h of audio, "
+        f"{len(summary['actors'])} actors), {'synthetic corpus' if args.root is None else args.root}.\n"
+        f"""
 | step | seconds |
 | --- | --- |
 | cold preparation (decode, resample to 16 kHz, normalise, write the cache) | {cold:.2f} |
@@ -96,6 +98,7 @@ Padded samples per training epoch (bucketed: `LengthBucketBatchSampler`, 32 batc
 | --- | --- | --- |
 {chr(10).join(rows)}
 """
+    )
     print(body)
     print(f"written to {write_section('prepare', body)}")
 

@@ -98,7 +98,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     versions = ", ".join(f"{name} {version}" for name in LIBRARIES if (version := _version(name)) is not None)
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, GPU: {gpu}; Python {platform.python_version()}, {versions}"
+    cores = len(os.sched_getaffinity(0))
+    return f"{cpu}, {cores} cores usable, GPU: {gpu}; Python {platform.python_version()}, {versions}"
 
 
 def command_line(script: str) -> str:
@@ -112,12 +113,21 @@ def command_line(script: str) -> str:
 
 def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> Path:
     """Replace (or append) the section ``## name`` of the benchmarks file ``path``, atomically."""
+
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return replace_section(name, f"Measured {stamp} on: {machine()}\n\n{body.strip()}", path)
+
+
+def replace_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> Path:
+    """Replace (or append) the section ``## name`` of the benchmarks file ``path`` with ``body`` as it is, atomically.
+
+    For a section measured elsewhere (the GPU check's), whose ``Measured`` line names that machine.
+    """
     from ser.atomic import write_text
 
     path = Path(path)
     text = path.read_text() if path.is_file() else HEADER
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = f"## {name}\n\nMeasured {stamp} on: {machine()}\n\n{body.strip()}\n"
+    section = f"## {name}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"

@@ -189,22 +189,36 @@ def main() -> None:
     largest = max(worker["own_mib"] for worker in memory["workers"])
     summary = corpus.summary()
     start = median["first_batch"]
-    body = f"""`{command_line("start.py")}`: the demo's training (`experiment=demo`) on {summary["clips"]} clips ({summary["hours"]:.2f} h of audio, {"synthetic corpus" if args.root is None else args.root}), warm cache, median of {repeats} launch(es), seconds from the launch of the process.
-
-| phase | seconds | since launch |
-| --- | --- | --- |
-{chr(10).join(rows)}
-
-- Warm-cache start of training (launch to the first training batch): {start:.2f} s (target under 5 s: {"met" if start < 5 else "missed"}); {median["imports"]:.2f} s of it is the interpreter and the imports, {start - median["imports"]:.2f} s the project's own start after them (config, model, trainer, corpus index and split, loaders).
-
-One epoch of the training loader ({memory["clips"]} clips) with {len(memory["workers"])} worker processes; the cache's audio file is {memory["audio_file_mib"]:.0f} MiB:
-
-| process | the cache's audio mapped, file-backed (MiB) | its own memory: unique pages less the cache's (MiB) |
-| --- | --- | --- |
-{chr(10).join(worker_rows)}
-
-- The audio a worker has read stays in the kernel's page cache, mapped by whichever workers read it; each worker's own memory (pages no other process maps, less the cache's: heap, stacks, pages copied on write) is at most {largest:.0f} MiB against {memory["audio_file_mib"]:.0f} MiB of audio: {"no worker holds a copy of the corpus" if largest < memory["audio_file_mib"] else "a worker may hold a copy of the corpus"}.
-"""
+    source = "synthetic corpus" if args.root is None else args.root
+    audio_mib = memory["audio_file_mib"]
+    body = (
+        f"`{command_line('start.py')}`: the demo's training (`experiment=demo`) on {summary['clips']} clips "
+        f"({summary['hours']:.2f} h of audio, {source}), warm cache, median of {repeats} launch(es), "
+        "seconds from the launch of the process.\n"
+        "\n"
+        "| phase | seconds | since launch |\n"
+        "| --- | --- | --- |\n"
+        f"{chr(10).join(rows)}\n"
+        "\n"
+        "- Warm-cache start of training (launch to the first training batch): "
+        f"{start:.2f} s (target under 5 s: {'met' if start < 5 else 'missed'}); "
+        f"{median['imports']:.2f} s of it is the interpreter and the imports, "
+        f"{start - median['imports']:.2f} s the project's own start after them "
+        "(config, model, trainer, corpus index and split, loaders).\n"
+        "\n"
+        f"One epoch of the training loader ({memory['clips']} clips) with {len(memory['workers'])} worker "
+        f"processes; the cache's audio file is {audio_mib:.0f} MiB:\n"
+        "\n"
+        "| process | the cache's audio mapped, file-backed (MiB) "
+        "| its own memory: unique pages less the cache's (MiB) |\n"
+        "| --- | --- | --- |\n"
+        f"{chr(10).join(worker_rows)}\n"
+        "\n"
+        "- The audio a worker has read stays in the kernel's page cache, mapped by whichever workers read it; "
+        "each worker's own memory (pages no other process maps, less the cache's: heap, stacks, pages copied "
+        f"on write) is at most {largest:.0f} MiB against {audio_mib:.0f} MiB of audio: "
+        f"{'no worker holds' if largest < audio_mib else 'a worker may hold'} a copy of the corpus.\n"
+    )
     print(body)
     print(f"written to {write_section('start', body, args.output)}")
 

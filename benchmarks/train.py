@@ -1,8 +1,9 @@
 """Benchmark training: this project's loop against the original recipe, side by side, in one run.
 
-    python benchmarks/train.py [--encoder-config tiny|base|large] [--steps N] [--lr LR] [--root DIR]
+    python benchmarks/train.py [--encoder-config tiny|base|large] [--steps N] [--lr LR] [--root DIR | --actors N]
                                [--sides ser,recipe,...] [--seeds 42,1,2] [--trim-db DB] [--variant OVERRIDES]...
-                               [--profile] [--quick] [--output FILE]
+                               [--device auto|cpu|cuda] [--precision P] [--flops] [--peak-tflops T]
+                               [--profile] [--quick] [--fork-sides] [--output FILE]
 
 The original recipe is how the published model (ehcalabres/wav2vec2-lg-xlsr-en-speech-emotion-recognition)
 was trained: ``transformers.Trainer`` fine-tuning ``Wav2Vec2ForSequenceClassification``, the audio decoded
@@ -16,6 +17,11 @@ that its peak memory is its own), on the same corpus:
 - ``ser-trim``: ``ser`` with ``data.trim_db`` (the silence around the speech cut in preparation);
 - ``ser-onednn`` (not run by default): ``ser`` with torch's oneDNN convolutions on (``cpu_onednn=true``),
   which the project switches off for training on a CPU: what that choice saves;
+- ``ser-cudnn`` (not run by default): ``ser`` with cuDNN's benchmark mode on (``torch.backends.cudnn.benchmark``),
+  which picks the fastest convolution kernel for every new input shape, after timing them;
+- ``ser-fused-adam`` (not run by default): ``ser`` with ``torch.optim.Adam(fused=True)``, one kernel for the
+  whole update instead of a loop over the parameters; patched in for this side only, since the project's
+  optimizer config has no such option yet;
 - ``--variant 'data.bucket_batches=4'``: ``ser`` with more Hydra overrides, another setting to try.
 
 The sides take turns at the machine, a few optimizer steps each (see :class:`Turns`), so that none
@@ -36,6 +42,14 @@ that are padding, the fraction of the loop's time spent inside the training Data
 (both sides load in the training process, ``num_workers=0``, the recipe's and the project's
 default), the side's peak resident memory (its whole process) and, on CUDA, peak GPU memory.
 ``--profile`` splits each loop's time into data, forward, backward and the rest with torch.profiler.
+``--flops`` counts, after the loop, the FLOPs of real training steps (forward and backward, in the side's
+precision) with ``torch.utils.flop_counter.FlopCounterMode`` at three of the padded batch lengths the loop
+trained on; a step's count is a polynomial of degree two in its length (convolutions and projections
+grow with it, attention with its square; exact up to the rounding of frame counts), so these three give
+the count of every batch the loop ran.
+Divided by the loop's time that is the achieved rate, and against the device's peak (:data:`PEAK_TFLOPS`,
+or ``--peak-tflops``) the model FLOPs utilisation. The same pass lists the attention kernels one step ran
+(torch.profiler's op names: SDPA's flash, memory-efficient, cuDNN or math kernel).
 Defaults: the demo's encoder (conf/model/tiny.yaml) on a synthetic 24-actor corpus, on CPU;
 ``--encoder-config base`` and ``large`` (random weights) are for a GPU.
 """
@@ -49,10 +63,12 @@ import importlib.util
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,10 +78,30 @@ SEED = 42  # the recipe's
 # From random weights after 288 steps, validation accuracy moves by several points from one seed to the
 # next (26% to 41% for the same side on the synthetic corpus): one seed cannot tell two sides apart.
 DEFAULT_SEEDS = "42,1,2"
-SIDES = ("ser", "recipe", "ser-trim", "ser-onednn")
+SIDES = ("ser", "recipe", "ser-trim", "ser-onednn", "ser-cudnn", "ser-fused-adam")
 DEFAULT_SIDES = "ser,recipe,ser-trim"
 VARIANT = "variant-"  # the sides of --variant are named variant-0, variant-1, ...
 SLICE_STEPS = 8  # optimizer steps a side trains in one turn
+# Dense 16-bit tensor-core peaks (bf16 = fp16 on these), TFLOP/s, from the vendors' data sheets, by a
+# substring of torch.cuda.get_device_name(); the first match wins, so the longer names come first.
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H200", 989.0),
+    ("H100", 989.0),  # SXM
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
+)
+# SDPA's kernels, as torch.profiler names their aten ops
+SDPA_KERNELS = {
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_efficient_attention": "memory-efficient",
+    "_scaled_dot_product_cudnn_attention": "cuDNN",
+    "_scaled_dot_product_attention_math": "math",
+}
 # Ops listed per side by --profile
 PROFILE_TOP_OPS = 8
 
@@ -96,6 +132,8 @@ def compose_config(job: dict, trim_db: float | None, variant: tuple[str, ...] = 
         "trainer.max_epochs=-1",
         f"trainer.accumulate_grad_batches={job['accumulation']}",
         f"trainer.precision={job['precision']}",
+        f"trainer.accelerator={'gpu' if job['device'] == 'cuda' else 'cpu'}",
+        "trainer.devices=1",
         "trainer.gradient_clip_val=1.0",
         "trainer.num_sanity_val_steps=0",
         "trainer.limit_val_batches=0",  # validation runs after training, on the final model, outside the timing
@@ -201,6 +239,10 @@ class LoopMeter:
             _synchronize()  # this turn's kernels belong to this turn
             self.paused += self.turns.pause(steps_done)
         self._steps_done = steps_done
+
+    def used_shapes(self) -> list[tuple[int, int]]:
+        """(clips, padded length in samples) of every micro-batch trained on."""
+        return [(len(lengths), padded) for lengths, padded, _, _ in self.batches[: self.micro_batches]]
 
     def stop(self) -> None:
         _synchronize()  # the last step's kernels belong to the loop
@@ -337,12 +379,113 @@ def peak_memory() -> dict:
     return memory
 
 
+def autocast_of(precision: str, device):
+    """The autocast context a Lightning precision trains under on ``device`` (none for 32-bit)."""
+    import torch
+
+    if precision == "bf16-mixed" or (precision == "16-mixed" and device.type == "cpu"):  # as Lightning on a CPU
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16-mixed":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def count_flops(step: Callable, shapes: list[tuple[int, int]], device: str, precision: str, encoder) -> dict:
+    """FLOPs of every training step of a loop, counted, and the attention kernels a step ran.
+
+    ``step(waveforms (B, T), attention_mask (B, T) bool, labels (B,))`` runs one forward and backward
+    pass; ``shapes`` are the loop's micro-batches as (clips, padded length in samples). A step's FLOPs
+    per clip are a polynomial of degree two in its length (up to the rounding of the convolutions'
+    frame counts), so they are counted by ``FlopCounterMode`` at three lengths (the shortest, the
+    median and the longest the loop ran) and interpolated for the others.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device(device)
+    lengths = sorted({length for _, length in shapes})
+    chosen = sorted({lengths[0], lengths[len(lengths) // 2], lengths[-1]})
+    clips_at = {length: clips for clips, length in reversed(shapes)}  # a batch size the loop ran at that length
+
+    def run(length: int) -> None:
+        clips = clips_at[length]
+        waveforms = torch.randn(clips, length, device=device) * 0.1
+        attention_mask = torch.ones(clips, length, dtype=torch.bool, device=device)
+        labels = torch.zeros(clips, dtype=torch.long, device=device)
+        with autocast_of(precision, device):
+            step(waveforms, attention_mask, labels)
+
+    per_clip = {}
+    for length in chosen:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            run(length)
+        per_clip[length] = counter.get_total_flops() / clips_at[length]
+
+    def flops_of(length: int) -> float:
+        if len(chosen) == 1:
+            return per_clip[chosen[0]] * length / chosen[0]
+        total = 0.0  # Lagrange's interpolation through the counted lengths
+        for a in chosen:
+            term = per_clip[a]
+            for b in chosen:
+                if b != a:
+                    term *= (length - b) / (a - b)
+            total += term
+        return total
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        run(chosen[-1])
+        _synchronize()
+    names = {event.key for event in profiler.key_averages()}
+    kernels = sorted({kind for name in names for op, kind in SDPA_KERNELS.items() if op in name})
+    attention_kernels = sorted(
+        name
+        for name in names
+        if any(word in name.lower() for word in ("flash", "fmha", "efficient_attention"))
+        and not name.startswith("autograd::")  # the engine's wrappers of the same ops
+    )
+    enabled = ""
+    if device.type == "cuda":
+        backends = torch.backends.cuda
+        enabled = (
+            f" (enabled: flash {backends.flash_sdp_enabled()}, memory-efficient {backends.mem_efficient_sdp_enabled()},"
+            f" cuDNN {backends.cudnn_sdp_enabled()}, math {backends.math_sdp_enabled()})"
+        )
+    return {
+        "model_flops": float(sum(clips * flops_of(length) for clips, length in shapes)),
+        "flops_counted_at": chosen,
+        "flops_per_clip_second": per_clip[chosen[-1]] / (chosen[-1] / 16_000),
+        "sdpa_kernels": (", ".join(kernels) or "no SDPA op") + enabled,
+        "attention_kernel_names": attention_kernels[:6],
+        "frames_of_longest": int(encoder._get_feat_extract_output_lengths(torch.tensor([chosen[-1]]))[0]),
+    }
+
+
+def peak_tflops(given: float | None) -> tuple[float | None, str]:
+    """The device's dense 16-bit peak in TFLOP/s and where the figure comes from."""
+    import torch
+
+    if given is not None:
+        return given, f"{given:g} TFLOP/s, given with --peak-tflops"
+    if not torch.cuda.is_available():
+        return None, "none known for a CPU (give --peak-tflops)"
+    name = torch.cuda.get_device_name(0)
+    for part, value in PEAK_TFLOPS:
+        if part in name:
+            return value, f"{value:g} TFLOP/s, dense 16-bit, the data sheet's for {part} (PEAK_TFLOPS)"
+    return None, f"none known for {name} (give --peak-tflops)"
+
+
 # --- the project's side ----------------------------------------------------------------------------
 
 
 def run_ser(job: dict, turns: Turns, trim_db: float | None, variant: tuple[str, ...] = ()) -> dict:
     """Train with this project's pieces; the final model goes to ``<scratch>/<side>.ckpt``."""
     import pytorch_lightning as pl
+    import torch
 
     from ser.train import build_datamodule, build_trainer
 
@@ -387,6 +530,16 @@ def run_ser(job: dict, turns: Turns, trim_db: float | None, variant: tuple[str, 
     with timed_fetches(meter):
         trainer.fit(module, datamodule=datamodule)
     result.update(meter.result(), optimizer_steps=trainer.global_step, **peak_memory())
+    if job["flops"]:
+        device = torch.device(job["device"])
+        module.to(device).train()
+
+        def ser_step(waveforms, attention_mask, labels):
+            logits = module(waveforms, attention_mask)
+            torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+
+        result.update(count_flops(ser_step, meter.used_shapes(), job["device"], str(trainer.precision), encoder))
+        module.zero_grad(set_to_none=True)
     checkpoint = Path(job["scratch"]) / f"{job['side']}.ckpt"
     trainer.save_checkpoint(checkpoint)
     result["model"] = str(checkpoint)
@@ -514,6 +667,7 @@ def run_recipe(job: dict, turns: Turns) -> dict:
         max_grad_norm=1.0,
         fp16=precision == "16-mixed",
         bf16=precision == "bf16-mixed",
+        use_cpu=job["device"] == "cpu",
         train_sampling_strategy="random",  # no length grouping (group_by_length=False in the transformers of 2021)
         dataloader_num_workers=0,
         eval_strategy="no",
@@ -529,6 +683,15 @@ def run_recipe(job: dict, turns: Turns) -> dict:
     with timed_fetches(meter):
         trainer.train()
     result.update(meter.result(), optimizer_steps=trainer.state.global_step, **peak_memory())
+    if job["flops"]:
+        model.train()
+
+        def recipe_step(waveforms, attention_mask, labels):
+            mask = {"attention_mask": attention_mask.long()} if feature_extractor.return_attention_mask else {}
+            model(input_values=waveforms, labels=labels, **mask).loss.backward()
+
+        result.update(count_flops(recipe_step, meter.used_shapes(), job["device"], precision, model.wav2vec2))
+        model.zero_grad(set_to_none=True)
     out = Path(job["scratch"]) / "recipe"
     trainer.save_model(str(out))
     feature_extractor.save_pretrained(out)
@@ -549,11 +712,69 @@ def run_side(side: str, job: dict, turns: Turns) -> dict:
         return run_ser(job, turns, trim_db=None, variant=tuple(variant))
     if side == "ser-onednn":
         return run_ser(job, turns, trim_db=None, variant=("cpu_onednn=true",))
+    if side == "ser-cudnn":
+        import torch
+
+        torch.backends.cudnn.benchmark = True
+        return run_ser(job, turns, trim_db=None)
+    if side == "ser-fused-adam":
+        import torch
+
+        class FusedAdam(torch.optim.Adam):
+            def __init__(self, params, **options):
+                super().__init__(params, fused=True, **options)
+
+        # SERModule.configure_optimizers looks torch.optim.Adam up when it runs, so it builds this one
+        torch.optim.Adam = FusedAdam
+        return run_ser(job, turns, trim_db=None)
     return run_ser(job, turns, trim_db=job["trim_db"] if side == "ser-trim" else None)
 
 
-def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str], label: str = "") -> dict[str, dict]:
-    """Run every side in a process of its own, the sides taking turns (see :class:`Turns`); what each measured."""
+class ForkedSide:
+    """A side in a child forked from this process, with what :func:`take_turns` uses of ``subprocess.Popen``.
+
+    For ``--fork-sides``: on a CPU at tiny sizes a new interpreter spends most of a side's time importing
+    torch, Lightning and transformers, which a fork of a process that has them already does not. Never
+    on CUDA: a process that has touched CUDA cannot be forked safely.
+    """
+
+    def __init__(self, side: str, job: dict, result: Path, control: int, status: int, parents_ends: list[int]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.returncode = None
+        self.pid = os.fork()
+        if self.pid:
+            return
+        code = 1
+        try:
+            for fd in parents_ends:  # the other ends of this side's pipes, and of the sides' forked before it
+                os.close(fd)
+            result.write_text(json.dumps(run_side(side, job, Turns(control, status))))
+            code = 0
+        except BaseException:  # noqa: BLE001 - reported as a side's own process would, with its traceback
+            traceback.print_exc()
+        finally:
+            # no atexit: the handlers are this process's parent's, its scratch folder among them
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+def take_turns(
+    sides: list[str], job: dict, scratch: Path, names: dict[str, str], label: str = "", fork: bool = False
+) -> dict[str, dict]:
+    """Run every side in a process of its own (a new interpreter, or with ``fork`` a :class:`ForkedSide`), the
+    sides taking turns (see :class:`Turns`); what each measured."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     job_file = scratch / "job.json"
@@ -562,6 +783,16 @@ def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str]
     for side in sides:
         control_read, control_write = os.pipe()
         status_read, status_write = os.pipe()
+        if fork:
+            parents_ends = [control_write, status_read]
+            parents_ends += [
+                fd for _, control, status in processes.values() for fd in (control.fileno(), status.fileno())
+            ]
+            process = ForkedSide(side, job, scratch / f"{side}.json", control_read, status_write, parents_ends)
+            os.close(control_read)
+            os.close(status_write)
+            processes[side] = (process, os.fdopen(control_write, "w"), os.fdopen(status_read))
+            continue
         command = [
             sys.executable,
             __file__,
@@ -612,14 +843,14 @@ def take_turns(sides: list[str], job: dict, scratch: Path, names: dict[str, str]
 
 
 def validation_scores(job: dict, result: dict) -> dict:
-    """WA and UA of a side's final model on the validation clips (prepared as it expects), scored by ser.evaluate's code."""
+    """WA and UA of a side's final model on the validation clips (prepared as it expects), by ser.evaluate's code."""
     from ser.data.prepare import PrepareSettings, prepare
     from ser.data.ravdess import EMOTIONS
     from ser.data.splits import make_split
     from ser.evaluate import compute_metrics, score_clips
     from ser.inference import load_model
 
-    scorer = load_model(result["model"])
+    scorer = load_model(result["model"], device=job["device"])
     corpus = prepare(job["root"], job["cache"], PrepareSettings(trim_db=scorer.trim_db), progress=False)
     val = make_split(corpus.clips, "random", job["seed"])["val"]
     probabilities = score_clips(scorer, corpus, val, batch_size=job["batch_size"], progress=False)
@@ -629,7 +860,7 @@ def validation_scores(job: dict, result: dict) -> dict:
 
 
 def duration_baseline(job: dict) -> float:
-    """Validation WA of a logistic regression on each clip's duration alone: what length, without the audio, predicts."""
+    """Validation WA of a logistic regression on each clip's duration alone: what length predicts without audio."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -650,6 +881,8 @@ def side_names(job: dict) -> dict[str, str]:
         "recipe": "recipe (`transformers.Trainer`)",
         "ser-trim": f"ser, `data.trim_db={job['trim_db']:g}`",
         "ser-onednn": "ser, oneDNN on",
+        "ser-cudnn": "ser, cuDNN benchmark mode",
+        "ser-fused-adam": "ser, fused Adam",
         **{f"{VARIANT}{i}": f"ser, `{overrides}`" for i, overrides in enumerate(job["variants"])},
     }
 
@@ -676,7 +909,16 @@ def _spread(result: dict, key: str) -> str:
     return f"{result[key]:.1%} ± {result[f'{key}_std']:.1%}"
 
 
-def table(results: dict[str, dict], names: dict[str, str]) -> str:
+def achieved_tflops(result: dict) -> float:
+    """Counted model FLOPs over the loop's wall time, in TFLOP/s."""
+    return result["model_flops"] / result["loop_seconds"] / 1e12
+
+
+def step_tflop(result: dict) -> float:
+    return result["model_flops"] / result["optimizer_steps"] / 1e12
+
+
+def table(results: dict[str, dict], names: dict[str, str], peak: float | None = None) -> str:
     recipe = results["recipe"]
     sides = list(results)
     rows = [
@@ -689,6 +931,14 @@ def table(results: dict[str, dict], names: dict[str, str]) -> str:
     ]
     if "peak_gpu_mib" in recipe:
         rows.append(("peak GPU memory (MiB)", lambda r: f"{r['peak_gpu_mib']:.0f}"))
+    if "model_flops" in recipe:
+        rows += [
+            ("model FLOPs per optimizer step, counted (TFLOP)", lambda r: f"{step_tflop(r):.3g}"),
+            ("model TFLOP/s achieved", lambda r: f"{achieved_tflops(r):.3g}"),
+        ]
+        if peak is not None:
+            rows.append(("model FLOPs utilisation (MFU)", lambda r: f"{achieved_tflops(r) / peak:.1%}"))
+        rows.append(("SDPA kernel in one step", lambda r: r["sdpa_kernels"].split(" (")[0]))
     rows += [
         ("validation accuracy (WA)", lambda r: _spread(r, "val_acc")),
         ("validation UA", lambda r: _spread(r, "val_uar")),
@@ -713,7 +963,8 @@ def accuracy_verdict(side: dict, recipe: dict) -> str:
     differences = [a - b for a, b in zip(side["val_acc_runs"], recipe["val_acc_runs"])]
     mean = statistics.fmean(differences)
     if len(differences) == 1:
-        return f"validation accuracy {side['val_acc']:.1%} against {recipe['val_acc']:.1%} ({'equal or better' if mean >= 0 else 'lower'}, one seed)"
+        verdict = "equal or better" if mean >= 0 else "lower"
+        return f"validation accuracy {side['val_acc']:.1%} against {recipe['val_acc']:.1%} ({verdict}, one seed)"
     error = statistics.stdev(differences) / len(differences) ** 0.5
     if mean >= 0:
         verdict = "equal or better"
@@ -727,6 +978,10 @@ def accuracy_verdict(side: dict, recipe: dict) -> str:
     )
 
 
+def met(target_met: bool) -> str:
+    return "met" if target_met else "missed"
+
+
 def verdicts(results: dict[str, dict], names: dict[str, str]) -> str:
     recipe = results["recipe"]
     lines = []
@@ -735,10 +990,10 @@ def verdicts(results: dict[str, dict], names: dict[str, str]) -> str:
             continue
         ratio = r["clips_per_second"] / recipe["clips_per_second"]
         lines.append(
-            f"- {names[side]}: throughput {ratio:.2f}x the recipe's (target 1.5x: {'met' if ratio >= 1.5 else 'missed'}), "
+            f"- {names[side]}: throughput {ratio:.2f}x the recipe's (target 1.5x: {met(ratio >= 1.5)}), "
             f"{accuracy_verdict(r, recipe)}; "
-            f"padded frames {r['padded_frames']:.1%} (target under 5%: {'met' if r['padded_frames'] < 0.05 else 'missed'}), "
-            f"data waiting {r['data_wait']:.1%} (target under 5%: {'met' if r['data_wait'] < 0.05 else 'missed'})"
+            f"padded frames {r['padded_frames']:.1%} (target under 5%: {met(r['padded_frames'] < 0.05)}), "
+            f"data waiting {r['data_wait']:.1%} (target under 5%: {met(r['data_wait'] < 0.05)})"
         )
     return "\n".join(lines)
 
@@ -802,14 +1057,33 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seeds",
         default=DEFAULT_SEEDS,
-        help=f"comma-separated seeds of the split, the initial weights and the batches, one run of every side each (default {DEFAULT_SEEDS})",
+        help=f"comma-separated seeds of the split, the initial weights and the batches, one run of every side each "
+        f"(default {DEFAULT_SEEDS})",
+    )
+    parser.add_argument(
+        "--actors", type=int, help="actors of the synthetic corpus, 60 clips each (default 24; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where every side trains (default auto: cuda when there is one)",
     )
     parser.add_argument("--precision", help="default: 16-mixed on CUDA (the recipe's fp16), 32-true on CPU")
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="count each side's training FLOPs with FlopCounterMode after its loop: achieved TFLOP/s, MFU, SDPA kernel",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's peak for MFU (default: PEAK_TFLOPS by the GPU's name)"
+    )
     parser.add_argument("--trim-db", type=float, default=-40.0, help="data.trim_db of the third side (default -40)")
     parser.add_argument(
         "--sides",
         default=DEFAULT_SIDES,
-        help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-onednn is ser with torch's oneDNN convolutions on",
+        help=f"sides to run, of {', '.join(SIDES)} (default {DEFAULT_SIDES}); ser-onednn is ser with torch's oneDNN "
+        "convolutions on, ser-cudnn ser with cuDNN's benchmark mode, ser-fused-adam ser with fused Adam",
     )
     parser.add_argument(
         "--variant",
@@ -824,6 +1098,12 @@ def parse_args() -> argparse.Namespace:
         help="also profile each side with torch.profiler (a slower run, first seed only)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 actors, 4 steps")
+    parser.add_argument(
+        "--fork-sides",
+        action="store_true",
+        help="fork each side from this process instead of a new interpreter (CPU only: no import time, but "
+        "each side's peak memory counts this process's too)",
+    )
     parser.add_argument(
         "--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)"
     )
@@ -853,10 +1133,19 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     if args.quick or args.profile:
         seeds = seeds[:1]  # a smoke run; the profiler's shares do not need the seeds' spread
-    precision = args.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and args.fork_sides:
+        raise SystemExit("error: --fork-sides is for the CPU: a process that has touched CUDA cannot be forked safely")
+    if args.fork_sides:
+        for module in ("pytorch_lightning", "transformers", "datasets", "accelerate", "ser.train"):
+            importlib.import_module(module)  # once here, for every side forked from this process
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch finds no CUDA device: leave --device out, or use a GPU")
+    precision = args.precision or ("16-mixed" if device == "cuda" else "32-true")
+    peak, peak_source = peak_tflops(args.peak_tflops) if args.flops else (None, "")
     with tempfile.TemporaryDirectory(prefix="ser-bench-train-") as scratch_dir:
         scratch = Path(scratch_dir)
-        root = args.root or synthetic_corpus(scratch, actors=2 if args.quick else 24)
+        root = args.root or synthetic_corpus(scratch, actors=args.actors or (2 if args.quick else 24))
         job = {
             "root": str(root),
             "cache": str(scratch / "cache"),
@@ -866,6 +1155,8 @@ def main() -> None:
             "accumulation": args.accumulation,
             "lr": args.lr,
             "precision": precision,
+            "device": device,
+            "flops": args.flops,
             "trim_db": args.trim_db,
             "profile": args.profile,
             "variants": args.variant,
@@ -880,14 +1171,17 @@ def main() -> None:
         for seed in seeds:
             seed_job = {**job, "seed": seed, "scratch": str(scratch / f"seed-{seed}")}
             Path(seed_job["scratch"]).mkdir()
-            results = take_turns(sides, seed_job, Path(seed_job["scratch"]), names, f"seed {seed}: ")
+            results = take_turns(
+                sides, seed_job, Path(seed_job["scratch"]), names, f"seed {seed}: ", fork=args.fork_sides
+            )
             for result in results.values():
                 result.update(validation_scores(seed_job, result))
             for check in ("initial_weights", "train_keys"):
                 values = {r[check] for r in results.values()}
                 if len(values) != 1:
                     raise SystemExit(
-                        f"error: the sides differ in {check.replace('_', ' ')} ({values}); the comparison would be unfair"
+                        f"error: the sides differ in {check.replace('_', ' ')} ({values}); "
+                        "the comparison would be unfair"
                     )
             runs.append(results)
             baselines.append(duration_baseline(seed_job))
@@ -896,13 +1190,33 @@ def main() -> None:
     steps_done = {r["optimizer_steps"] for run in runs for r in run.values()}
     recipe, ser = results["recipe"], results["ser"]
     weights = ", ".join(f"{seed}: {run['recipe']['initial_weights']}" for seed, run in zip(seeds, runs))
-    body = f"""`{command_line("train.py")}`: encoder `{args.encoder_config}` ({ser["parameters"] / 1e6:.2f} M parameters, random initial weights, the same on every side for a seed: {weights}), {"synthetic corpus of" if args.root is None else f"{root},"} {ser["corpus_clips"]} clips, random stratified 80/20 split ({recipe["val_clips"]} validation clips), batch {args.batch_size} x accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {", ".join(str(s) for s in sorted(steps_done))} optimizer steps per side, precision {precision}, attention {recipe["attention"]}. Seeds {", ".join(map(str, seeds))} (split, initial weights, batches): every side ran once per seed, and each figure is the mean over the seeds; accuracy also shows the standard deviation and each seed's value.
-
-{table(results, names)}
-
-{verdicts(results, names)}
-- Clip duration alone, without the audio (a logistic regression on each clip's length in seconds): validation accuracy {sum(baselines) / len(baselines):.1%}, each seed {" / ".join(f"{b:.1%}" for b in baselines)}. Length goes with emotion in this corpus; read the accuracies above against it.
-"""
+    corpus = "synthetic corpus of" if args.root is None else f"{root},"
+    steps_text = ", ".join(str(s) for s in sorted(steps_done))
+    baseline_seeds = " / ".join(f"{b:.1%}" for b in baselines)
+    body = (
+        f"`{command_line('train.py')}`: encoder `{args.encoder_config}` ({ser['parameters'] / 1e6:.2f} M parameters, "
+        f"random initial weights, the same on every side for a seed: {weights}), {corpus} {ser['corpus_clips']} clips, "
+        f"random stratified 80/20 split ({recipe['val_clips']} validation clips), batch {args.batch_size} x "
+        f"accumulation {args.accumulation}, Adam lr {args.lr:g} with linear decay, {steps_text} optimizer steps per "
+        f"side, on {device}, precision {precision}, attention {recipe['attention']}. "
+        f"Seeds {', '.join(map(str, seeds))} (split, initial weights, batches): every side ran once per seed, and "
+        "each figure is the mean over the seeds; accuracy also shows the standard deviation and each seed's value.\n\n"
+        f"{table(results, names, peak)}\n\n"
+        f"{verdicts(results, names)}\n"
+        "- Clip duration alone, without the audio (a logistic regression on each clip's length in seconds): "
+        f"validation accuracy {sum(baselines) / len(baselines):.1%}, each seed {baseline_seeds}. Length goes with "
+        "emotion in this corpus; read the accuracies above against it.\n"
+    )
+    if args.flops:
+        counted_at = ", ".join(str(n) for n in ser["flops_counted_at"])
+        kernels = "; ".join(f"{names[side]}: {results[side]['sdpa_kernels']}" for side in sides)
+        kernel_names = ", ".join(f"`{k}`" for k in ser["attention_kernel_names"]) or "none by those names"
+        body += (
+            "\nFLOPs counted with torch.utils.flop_counter.FlopCounterMode over real training steps (forward and "
+            f"backward) at padded lengths {counted_at} samples and interpolated for the other batches; the longest "
+            f"runs {ser['flops_per_clip_second'] / 1e9:.1f} GFLOP per second of audio for ser. Peak: {peak_source}. "
+            f"SDPA, by torch.profiler's op names over one step: {kernels}. Attention kernels seen: {kernel_names}.\n"
+        )
     if args.profile:
         body += (
             f"\nUnder torch.profiler (which slows every side), seed {seeds[0]}:\n\n{profile_tables(runs[0], names)}\n"
