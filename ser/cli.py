@@ -323,16 +323,20 @@ def add_demo_command(commands) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import serve
+    from .errors import UserError
 
-    serve(
-        args.model,
-        host=args.host,
-        port=args.port,
-        share=args.share,
-        examples=args.examples,
-        max_seconds=args.max_seconds,
-        device=args.device,
-    )
+    try:
+        serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            share=args.share,
+            examples=args.examples,
+            max_seconds=args.max_seconds,
+            device=args.device,
+        )
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

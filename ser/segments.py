@@ -390,8 +390,7 @@ def _csv_line(cells: Sequence[str]) -> str:
 def timeline_rows(segments: Sequence[Segment], labels: Sequence[str]) -> list[list]:
     """Rows ``[start, end, emotion, probability, *label probabilities]`` of the scored segments (a table's body)."""
     return [
-        [round(s.start, 3), round(s.end, 3), s.label, round(s.probability, 6)]
-        + [round(s.probabilities[label], 6) for label in labels]
+        [round(s.start, 3), round(s.end, 3), s.label, s.probability] + [s.probabilities[label] for label in labels]
         for s in segments
         if s.error is None
     ]
