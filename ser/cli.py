@@ -155,24 +155,27 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .inference import load_model, predict
+    from .inference import iter_predict, load_model
 
     if args.segments or segment_options_given(args):
         cmd_predict_segments(args)
         return
     model = load_model(args.model, device=args.device)
-    predictions = predict(
+    predictions = []
+    for prediction in iter_predict(  # JSON lines are written as the files are scored
         model,
         args.paths,
         window_seconds=args.window,
         hop_seconds=args.hop,
         batch_size=args.batch_size,
         progress=not args.quiet,
-    )
-    if args.json:
-        for prediction in predictions:
+    ):
+        if args.json:
             print(json.dumps(prediction.to_dict()), flush=True)
-    else:
+            if prediction.error is None:
+                continue  # printed: only failures are kept, for the summary on stderr
+        predictions.append(prediction)
+    if not args.json:
         table = Table(title=f"{model.name}: {len(predictions)} file(s)")
         table.add_column("file", overflow="fold")  # whole paths, wrapped rather than cut
         for column in ("emotion", "probability", "windows"):

@@ -499,6 +499,20 @@ def predict(
     return predictions
 
 
+def iter_predict(
+    model: Scorer | str | Path | Any, paths: Sequence[str | Path] | str | Path, **options: Any
+) -> Iterator[Prediction]:
+    """:func:`predict`, yielding each file's Prediction once its group of ``FILES_PER_CHUNK`` files is scored.
+
+    Memory stays flat however many files there are, and a caller that writes results as they come
+    keeps them all when a later file crashes the run. ``options`` are :func:`predict`'s.
+    """
+    scorer = as_scorer(model)
+    entries = expand_paths([paths] if isinstance(paths, (str, Path)) else paths)
+    for start in range(0, len(entries), FILES_PER_CHUNK):
+        yield from predict(scorer, [path for path, _ in entries[start : start + FILES_PER_CHUNK]], **options)
+
+
 def _fill(
     prediction: Prediction, labels: Sequence[str], window_probabilities: np.ndarray, errors: list[str | None]
 ) -> None:
@@ -542,6 +556,7 @@ __all__ = [
     "Scorer",
     "as_scorer",
     "expand_paths",
+    "iter_predict",
     "load_model",
     "plan_batches",
     "predict",

@@ -166,3 +166,27 @@ def test_segment_options_need_segments(checkpoint, recording, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["-q", "predict", str(checkpoint), str(recording[0]), "--segments", "--pad", "-1"])
     assert "--pad -1.0 must be" in capsys.readouterr().err + str(exit_info.value)
+
+
+def test_json_lines_are_written_as_files_are_scored(checkpoint, tmp_path, capsys, monkeypatch):
+    """A crash at a later group of files keeps every result printed before it."""
+    from ser import inference
+
+    from .test_predict import noise
+
+    for i in range(5):
+        sf.write(tmp_path / f"clip{i}.wav", noise(0.5, 16_000, seed=i), 16_000)
+    monkeypatch.setattr(inference, "FILES_PER_CHUNK", 2)
+    real_predict, calls = inference.predict, []
+
+    def crash_on_the_third_group(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise RuntimeError("out of memory at file 5")
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict", crash_on_the_third_group)
+    with pytest.raises(RuntimeError, match="file 5"):
+        main(["-q", "predict", str(checkpoint), str(tmp_path), "--json"])
+    printed = [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == [str(tmp_path / f"clip{i}.wav") for i in range(4)]
