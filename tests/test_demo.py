@@ -20,6 +20,7 @@ from ser.cli import main
 from .test_predict import noise, save_checkpoint, tiny_module
 from .test_segments import build_recording
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported; tests stay offline
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("silero_vad")
