@@ -21,9 +21,10 @@ from typing import Any
 
 import soundfile as sf
 
-from .data.audio import AudioError
+from .data.audio import AUDIO_SUFFIXES, AudioError
 from .errors import UserError, first_line
-from .inference import AUDIO_SUFFIXES, Prediction, Scorer, load_model, predict
+from .inference import Prediction, load_model, predict
+from .scoring import Scorer
 from .segments import SegmentSettings, load_vad, plot_timeline, segment_file, timeline_rows
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,12 @@ class DemoError(UserError):
 
 def model_card(model: str | Path, scorer: Scorer) -> dict[str, Any]:
     """Name, labels, and the run's ``metrics.json`` (protocol, scores) when one sits beside the model."""
-    from .export import _find_metrics  # the lookup the model card of an export uses
+    from .export import find_run_metrics
 
     path = Path(str(model)).expanduser()
     metrics = None
     if path.exists():
-        metrics, _ = _find_metrics(path / "config.json" if path.is_dir() else path)
+        metrics, _ = find_run_metrics(path / "config.json" if path.is_dir() else path)
     return {"name": scorer.name, "labels": list(scorer.labels), "metrics": metrics or {}}
 
 

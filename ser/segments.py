@@ -33,7 +33,8 @@ import soundfile as sf
 
 from .data import audio
 from .errors import UserError
-from .inference import Scorer, as_scorer, expand_paths, score_waveforms, window_bounds
+from .inference import as_scorer, expand_paths, progress_bar, score_waveforms, window_bounds
+from .scoring import Scorer
 
 VAD_RATE = 16_000  # silero-vad's rate
 VAD_FRAME = 512  # samples per detector call at 16 kHz (32 ms): the only frame size silero-vad v5+ takes
@@ -320,11 +321,13 @@ def segment_files(
     if isinstance(paths, (str, Path)):
         paths = [paths]
     entries = expand_paths(paths)
-    with _FileProgress(progress, len(entries)) as advance, scorer.inference():
+    with progress_bar(progress) as bar, scorer.inference():
+        task = bar.add_task("Segmenting", total=len(entries)) if bar is not None else None
         for path, reason in entries:
             if reason is not None:
                 yield Segment(path=path, error=reason)
-                advance()
+                if bar is not None:
+                    bar.advance(task)
                 continue
             try:
                 segments = segment_file(scorer, path, settings, vad, window_seconds, hop_seconds, batch_size)
@@ -335,29 +338,8 @@ def segment_files(
             if not segments:
                 segments = [Segment(path=path, error="no speech found (try a lower --min-speech)")]
             yield from segments
-            advance()
-
-
-class _FileProgress:
-    """A rich progress bar over files on stderr (stdout may carry rows), or nothing; yields ``advance()``."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.bar = enabled, total, None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self.bar = Progress(console=Console(stderr=True), transient=True)
-        self.bar.__enter__()
-        task = self.bar.add_task("Segmenting", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+            if bar is not None:
+                bar.advance(task)
 
 
 # --- output -----------------------------------------------------------------------------------

@@ -17,8 +17,7 @@ import soundfile as sf
 
 from ser.cli import main
 
-from .test_predict import noise, save_checkpoint, tiny_module
-from .test_segments import build_recording
+from .helpers import build_recording, noise, save_checkpoint, tiny_module
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported; tests stay offline
 gr = pytest.importorskip("gradio")

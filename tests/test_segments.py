@@ -12,12 +12,10 @@ import pytest
 import soundfile as sf
 
 from ser.cli import main
-from ser.data import audio
-from ser.data.synth import corpus_clips, render_clip
 from ser.inference import load_model, predict
 from ser.segments import Segment, SegmentSettings, merge_neighbours, segment_files, speech_spans
 
-from .test_predict import save_checkpoint, tiny_module
+from .helpers import build_recording, save_checkpoint, tiny_module
 
 pytest.importorskip("silero_vad")
 
@@ -26,33 +24,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*litlogger.*"),
 ]
 
-RATE = 48_000
-EMOTIONS = ("neutral", "happy", "angry")
 TOLERANCE = 0.25  # seconds between a segment's bounds and the speech of its clip
-
-
-def room(seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """Faint noise, like the room between two takes."""
-    return (rng.standard_normal(int(seconds * RATE)) * 10 ** (-64 / 20)).astype(np.float32)
-
-
-def build_recording(path: Path, gap_seconds: float = 1.5) -> list[tuple[float, float, str]]:
-    """Clips of known emotions trimmed to their speech, with room noise between them, as a 48 kHz WAV.
-
-    Returns each clip's ``(start, end, emotion)`` in seconds.
-    """
-    rng = np.random.default_rng(0)
-    clips = {c.emotion: c for c in corpus_clips([1]) if c.intensity == 1 and c.statement == 1 and c.repetition == 1}
-    parts, truth, position = [room(1.0, rng)], [], int(1.0 * RATE)
-    for emotion in EMOTIONS:
-        speech = render_clip(clips[emotion]).astype(np.float32) / 32768
-        start, end = audio.speech_bounds(speech, RATE, margin_seconds=0)
-        speech = speech[start:end]
-        truth.append((position / RATE, (position + len(speech)) / RATE, emotion))
-        parts += [speech, room(gap_seconds, rng)]
-        position += len(speech) + int(gap_seconds * RATE)
-    sf.write(path, np.concatenate(parts), RATE, subtype="FLOAT")
-    return truth
 
 
 @pytest.fixture(scope="module")
