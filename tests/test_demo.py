@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,19 +16,21 @@ import soundfile as sf
 
 from ser.cli import main
 
-from .helpers import build_recording, noise, save_checkpoint, tiny_module
+from . import helpers
+from .helpers import build_recording, noise, python_command, require, save_checkpoint, skip_unless, tiny_module
+
+DEMO_EXTRA = 'pip install -e ".[demo]"'
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported; tests stay offline
-gr = pytest.importorskip("gradio")
-gradio_client = pytest.importorskip("gradio_client")
-pytest.importorskip("silero_vad")
+gr = require("gradio", DEMO_EXTRA)
+gradio_client = require("gradio_client", DEMO_EXTRA)
+require("silero_vad", DEMO_EXTRA)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated"),
     pytest.mark.filterwarnings("ignore:.*litlogger.*"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -181,8 +182,9 @@ def exported(checkpoint, tmp_path_factory) -> Path:
 def demo_command(exported):
     """``ser demo <exported model>`` in its own process, as a user starts it."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ser.cli", "-q", "demo", str(exported), "--port", str(port)]
+    command, env = python_command(
+        ["-m", "ser.cli", "-q", "demo", str(exported), "--port", str(port)], env={"GRADIO_ANALYTICS_ENABLED": "False"}
+    )
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -203,12 +205,14 @@ def test_ser_demo_serves_an_exported_model_like_ser_predict(demo_command, export
 
 
 def browser_or_skip():
-    """A headless Chromium driven by Selenium, or a skip that says what is missing."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason='selenium is not installed: pip install -e ".[demo]"')
+    """A headless Chromium driven by Selenium, or a skip (a failure in CI) that says what is missing."""
+    webdriver = require("selenium.webdriver", DEMO_EXTRA)
     binary = next((path for path in CHROMIUM if Path(path).is_file()), shutil.which("chromium"))
     driver = CHROMEDRIVER if Path(CHROMEDRIVER).is_file() else shutil.which("chromedriver")
-    if binary is None or driver is None:
-        pytest.skip("no Chromium browser and driver: apt-get install -y chromium chromium-driver (.ci/run does)")
+    skip_unless(
+        binary is not None and driver is not None,
+        "no Chromium browser and driver: apt-get install -y chromium chromium-driver (.ci/run does)",
+    )
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(argument)
@@ -234,3 +238,12 @@ def test_browser_upload_shows_the_top_emotion(demo_command, exported, files, cap
         assert shown == [want["label"]]
     finally:
         browser.quit()
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(helpers, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        skip_unless(False, "no Chromium browser and driver")
+    monkeypatch.setattr(helpers, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="no Chromium browser and driver"):
+        skip_unless(False, "no Chromium browser and driver")

@@ -32,7 +32,7 @@ from ser.inference import (
 from ser.models import EncoderError
 from ser.module import SERModule
 
-from .helpers import TINY_ENCODER, noise, save_checkpoint, tiny_module, write_noise_corpus
+from .helpers import TINY_ENCODER, noise, require, save_checkpoint, tiny_module, write_noise_corpus
 
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}  # wav2vec2-base style
 
@@ -426,8 +426,8 @@ def test_published_layout_evaluates_as_transformers_scores_it(small_corpus, tmp_
 @pytest.mark.parametrize("fmt", ["hf", "onnx"])
 def test_exported_model_predicts_as_the_checkpoint(fmt, checkpoint, audio_tree, tmp_path, capsys):
     if fmt == "onnx":
-        pytest.importorskip("onnx")
-        pytest.importorskip("onnxruntime")
+        require("onnx", 'pip install -e ".[onnx]"')
+        require("onnxruntime", 'pip install -e ".[onnx]"')
     path, _ = checkpoint
     out = tmp_path / ("exported" if fmt == "hf" else "model.onnx")
     main(["-q", "export", str(path), str(out), "--format", fmt])
@@ -478,7 +478,7 @@ def test_checkpoints_hf_models_and_onnx_files_are_scorers(checkpoint, tmp_path):
     assert scorer.labels == list(module.hparams.labels) and scorer.min_samples == 40
     hf_classifier_dir(tmp_path / "hf")
     assert isinstance(load_model(tmp_path / "hf"), HFClassifier) and isinstance(load_model(tmp_path / "hf"), Scorer)
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime", 'pip install -e ".[onnx]"')
     main(["-q", "export", str(path), str(tmp_path / "onnx"), "--format", "onnx"])
     onnx = load_model(tmp_path / "onnx")  # a folder holding model.onnx
     assert isinstance(onnx, OnnxClassifier) and isinstance(onnx, Scorer)

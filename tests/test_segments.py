@@ -15,9 +15,9 @@ from ser.cli import main
 from ser.inference import load_model, predict
 from ser.segments import Segment, SegmentSettings, merge_neighbours, segment_files, speech_spans
 
-from .helpers import build_recording, save_checkpoint, tiny_module
+from .helpers import build_recording, require, save_checkpoint, tiny_module
 
-pytest.importorskip("silero_vad")
+require("silero_vad", 'pip install -e ".[demo]"')
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*LeafSpec.*is deprecated"),
