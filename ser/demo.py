@@ -224,6 +224,7 @@ def serve(
     except ImportError:
         raise DemoError('gradio is not installed: pip install -e ".[demo]"') from None
     app = build_app(model, examples=examples, max_seconds=max_seconds, device=device)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests are not news
     allowed = [str(Path(examples).expanduser().resolve())] if examples is not None else None
     app.launch(server_name=host, server_port=port, share=share, allowed_paths=allowed, show_error=True)
 

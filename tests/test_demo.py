@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,6 +32,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*litlogger.*"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
+REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
@@ -195,13 +197,33 @@ def demo_command(exported):
         process.wait(timeout=30)
 
 
+def docs_snippet() -> str:
+    """The gradio_client snippet of docs/demo.md, as a user copies it."""
+    text = (REPO / "docs" / "demo.md").read_text()
+    [snippet] = re.findall(r"```python\n(from gradio_client import .*?)```", text, flags=re.S)
+    return snippet
+
+
 @pytest.mark.slow
-def test_ser_demo_serves_an_exported_model_like_ser_predict(demo_command, exported, files, capsys):
-    client = gradio_client.Client(demo_command, verbose=False)
-    [want] = cli_predictions(capsys, exported, files["short"])
-    got = client.predict(gradio_client.handle_file(str(files["short"])), api_name="/predict")
-    assert got["label"] == want["label"]
-    assert max(abs(confidences(got)[k] - v) for k, v in want["probabilities"].items()) <= 1e-5
+def test_docs_snippet_against_ser_demo_gives_what_ser_predict_gives(
+    demo_command, exported, files, tmp_path, capsys, monkeypatch
+):
+    """The snippet, run as written (in a folder holding clip.wav and interview.wav) against ``ser demo`` of an
+    exported model, prints the probabilities ``ser predict --json`` prints, within 1e-5."""
+    shutil.copy(files["short"], tmp_path / "clip.wav")
+    shutil.copy(files["long"], tmp_path / "interview.wav")
+    snippet = docs_snippet().replace("http://127.0.0.1:7860/", demo_command)
+    assert snippet != docs_snippet()
+    [want] = cli_predictions(capsys, exported, tmp_path / "clip.wav")
+    namespace: dict = {}
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "docs/demo.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    got = namespace["probabilities"]
+    assert namespace["result"]["label"] == want["label"] and f"\n{want['label']} {{" in printed
+    assert set(got) == set(want["probabilities"])
+    assert max(abs(got[label] - p) for label, p in want["probabilities"].items()) <= 1e-5
+    assert len(namespace["timeline"]["data"]) == 3  # the three takes of the long recording
 
 
 def browser_or_skip():
