@@ -11,8 +11,8 @@ demo's encoder trained for a few steps by ``ser.train`` on a synthetic corpus) e
   normalises every file and scores the clips in batches of similar length.
 - ``pipeline()``: every file decoded with soundfile (the pipeline itself would need ffmpeg for a path) and
   handed over as ``{"raw": samples, "sampling_rate": rate}``; the pipeline resamples, normalises and scores.
-  At its default batch size (1) and at ``ser predict``'s (8).
-  At batch sizes 1, 8 and 32; ``ser predict`` is compared with the fastest of the three.
+  At batch sizes 1, 8 and 32, on torch's default threads; ``ser predict`` is compared with the fastest of the
+  three. Once more at 32 on the threads ``ser predict`` takes (the idle cores, ``ser.inference.torch_threads``).
 - ``ser predict`` on the same model exported to ONNX (``ser.export.export_onnx``), run by onnxruntime.
 - two settings ``ser predict`` does not use by default, to see what they would give: batches of 32
   (``--batch-size 32``), and torch's oneDNN convolutions switched off.
@@ -80,6 +80,7 @@ print(json.dumps({"interpreter": started - float(sys.argv[1]), "imports": import
                   "loading the model": loaded - imported, "scoring": scored - loaded}))
 """
 WARM_UP_FILES = 8
+SER_THREADS: list[int] = []  # torch threads of each ser predict pass (the idle cores when it started)
 CHECKPOINT_STEPS = 20  # a trained model, for predictions that mean something; the speed does not depend on it
 # The stages of each side timed under cProfile: (the end of the file's path, the function)
 STAGES = {
@@ -137,10 +138,11 @@ def score_with_ser(
     """Labels and probabilities (N, C) in the model's label order, from ``ser predict``'s Python side."""
     import torch
 
-    from ser.inference import predict
+    from ser.inference import predict, torch_threads
 
-    with torch.backends.mkldnn.flags(enabled=onednn):
-        predictions = predict(model, paths, batch_size=batch_size)
+    with torch.backends.mkldnn.flags(enabled=onednn), torch_threads() as threads:
+        SER_THREADS.append(threads)
+        predictions = predict(model, paths, batch_size=batch_size, threads=threads)
     failed = [p for p in predictions if p.error is not None]
     if failed:
         raise SystemExit(f"error: ser predict failed on {failed[0].path}: {failed[0].error}")
@@ -148,10 +150,16 @@ def score_with_ser(
 
 
 def score_with_pipeline(
-    classifier, paths: list[str], labels: list[str], batch_size: int
+    classifier, paths: list[str], labels: list[str], batch_size: int, idle_threads: bool = False
 ) -> tuple[list[str], np.ndarray]:
-    """Labels and probabilities (N, C), in ``labels``' order, from ``transformers.pipeline``."""
-    outputs = classifier(decoded(paths), top_k=None, batch_size=batch_size)
+    """Labels and probabilities (N, C), in ``labels``' order, from ``transformers.pipeline``; with
+    ``idle_threads``, on as many torch threads as ``ser predict`` takes (not the pipeline's default)."""
+    import torch
+
+    from ser.inference import torch_threads
+
+    with torch_threads(None if idle_threads else torch.get_num_threads()):
+        outputs = list(classifier(decoded(paths), top_k=None, batch_size=batch_size))
     top, probabilities = [], []
     for scores in outputs:
         by_label = {entry["label"]: entry["score"] for entry in scores}
@@ -335,6 +343,9 @@ def main() -> None:
                 )
                 for size in PIPELINE_BATCH_SIZES
             },
+            f"pipeline(), batch {LARGE_BATCH_SIZE}, on ser predict's threads (not its default)": (
+                lambda files: score_with_pipeline(classifier, files, labels, LARGE_BATCH_SIZE, idle_threads=True)
+            ),
             "ser predict, ONNX model (onnxruntime)": lambda files: score_with_ser(onnx_model, files),
             f"ser predict --batch-size {LARGE_BATCH_SIZE} (not the default)": lambda files: score_with_ser(
                 model, files, LARGE_BATCH_SIZE
@@ -344,6 +355,7 @@ def main() -> None:
         for score in sides.values():  # the first calls of a model are slower
             score(paths[:WARM_UP_FILES])
 
+        load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         seconds = {side: [] for side in sides}
         outputs = {}
         for _ in track(range(repeats), description=f"Scoring {len(paths)} files, {len(sides)} ways"):
@@ -351,6 +363,7 @@ def main() -> None:
                 started = time.perf_counter()
                 outputs[side] = score(paths)
                 seconds[side].append(time.perf_counter() - started)
+        load_after = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         profiled = {side: stage_seconds(sides[side], paths, stages) for side, stages in STAGES.items()}
 
         cold, command_seconds, torch_seconds = cold_start(exported, paths[0], repeats, args.device)
@@ -394,6 +407,9 @@ def main() -> None:
     best = min(pipelines, key=median.get)
     ratio = median[baseline] / median["ser predict"]
     ratio_best = median[best] / median["ser predict"]
+    same_threads = f"pipeline(), batch {LARGE_BATCH_SIZE}, on ser predict's threads (not its default)"
+    ratio_same_threads = median[same_threads] / median["ser predict"]
+    threads_used = sorted(set(SER_THREADS))
     source = (
         f"`{args.checkpoint}`"
         if args.checkpoint
@@ -423,6 +439,11 @@ def main() -> None:
         f"- `ser predict` is {ratio_best:.2f}x as fast as `pipeline()` at its best batch size ({best.split()[-1]}) "
         f"(target 2x: {'met' if ratio_best >= 2 else 'missed'}), and {ratio:.2f}x as fast as `pipeline()` at its "
         "default batch size (1).",
+        f"- torch threads: `ser predict` took {'/'.join(map(str, threads_used))} (the cores other processes left "
+        f"idle when a pass started, `ser.inference.torch_threads`); `pipeline()` runs on torch's default, "
+        f"{torch.get_num_threads()}. On the threads `ser predict` takes, `pipeline()` in batches of "
+        f"{LARGE_BATCH_SIZE} is {ratio_same_threads:.2f}x slower than `ser predict`. Load average when the "
+        f"timed runs started and ended: {load_before} and {load_after} (`os.getloadavg`, 1, 5 and 15 minutes).",
         f"One file from the command line, in fresh processes (median of {repeats}): `ser predict MODEL FILE --json` "
         f'takes {command_seconds:.2f} s; `python -c "import torch"` takes {torch_seconds:.2f} s. The stages of the '
         "same prediction, timed inside a fresh interpreter:",

@@ -93,6 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         hop_seconds=args.hop,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        threads=args.threads,
     ):
         if args.json:
             print(json.dumps(prediction.to_dict()), flush=True)
@@ -181,6 +182,7 @@ def cmd_predict_segments(args: argparse.Namespace) -> None:
         hop_seconds=args.hop,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        threads=args.threads,
     )
     segments = []
     if args.csv:
@@ -371,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=8, metavar="N", help="clips or windows per forward pass (default 8)"
     )
     pred.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
+    pred.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads on the CPU (default: the cores other processes leave idle, at least 1)",
+    )
     add_segment_options(pred)
     pred.set_defaults(run=cmd_predict)
     add_demo_command(commands)

@@ -33,7 +33,7 @@ import soundfile as sf
 
 from .data import audio
 from .errors import UserError
-from .inference import as_scorer, expand_paths, progress_bar, score_waveforms, window_bounds
+from .inference import as_scorer, expand_paths, progress_bar, score_waveforms, torch_threads, window_bounds
 from .scoring import Scorer
 
 VAD_RATE = 16_000  # silero-vad's rate
@@ -306,11 +306,13 @@ def segment_files(
     hop_seconds: float = 5.0,
     batch_size: int = 8,
     progress: bool = False,
+    threads: int | None = None,
 ) -> Iterator[Segment]:
     """The speech segments of every audio file in ``paths`` (as :func:`ser.inference.predict` takes them), in order.
 
     Rows come file by file as each is done. A file that cannot be read, or holds no speech, gives one
-    row with ``error`` saying why; the others are segmented all the same.
+    row with ``error`` saying why; the others are segmented all the same. ``threads``: torch's threads
+    (default: the idle cores, see :func:`ser.inference.torch_threads`).
     """
     settings = settings or SegmentSettings()
     settings.check()
@@ -321,7 +323,7 @@ def segment_files(
     if isinstance(paths, (str, Path)):
         paths = [paths]
     entries = expand_paths(paths)
-    with progress_bar(progress) as bar, scorer.inference():
+    with progress_bar(progress) as bar, scorer.inference(), torch_threads(threads):
         task = bar.add_task("Segmenting", total=len(entries)) if bar is not None else None
         for path, reason in entries:
             if reason is not None:

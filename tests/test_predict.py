@@ -483,3 +483,42 @@ def test_checkpoints_hf_models_and_onnx_files_are_scorers(checkpoint, tmp_path):
     onnx = load_model(tmp_path / "onnx")  # a folder holding model.onnx
     assert isinstance(onnx, OnnxClassifier) and isinstance(onnx, Scorer)
     assert (onnx.name, onnx.labels, onnx.min_samples, onnx.trim_db) == ("onnx", scorer.labels, 40, None)
+
+
+# --- threads ----------------------------------------------------------------------------------------
+
+
+def test_torch_threads_take_the_idle_cores_and_restore_torchs_setting(monkeypatch):
+    from ser import inference
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+    monkeypatch.setattr(inference.os, "getloadavg", lambda: (5.7, 0.0, 0.0))
+    assert inference.idle_cores() == 3
+    monkeypatch.setattr(inference.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    assert inference.idle_cores() == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        monkeypatch.setattr(inference.os, "getloadavg", lambda: (1.2, 0.0, 0.0))  # 7 idle, but torch had 4
+        with inference.torch_threads() as threads:
+            assert threads == torch.get_num_threads() == 4
+        monkeypatch.setattr(inference.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
+        with inference.torch_threads() as threads:
+            assert threads == torch.get_num_threads() == 2
+        with inference.torch_threads(3) as threads:
+            assert threads == torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 4
+        with pytest.raises(PredictError, match="--threads 0"):
+            with inference.torch_threads(0):
+                pass
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_predict_with_explicit_threads_gives_the_same_scores(checkpoint, audio_tree):
+    path, _ = checkpoint
+    files = list(audio_tree.values())[:3]
+    one, two = predict(path, files, threads=1), predict(path, files, threads=2)
+    for a, b in zip(one, two):
+        assert a.error is None and a.label == b.label
+        np.testing.assert_allclose(probabilities_of(a), probabilities_of(b), atol=1e-5)
