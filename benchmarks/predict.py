@@ -355,6 +355,7 @@ def main() -> None:
         for score in sides.values():  # the first calls of a model are slower
             score(paths[:WARM_UP_FILES])
 
+        default_threads = torch.get_num_threads()  # silero-vad, loaded later, sets its own
         load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         seconds = {side: [] for side in sides}
         outputs = {}
@@ -441,7 +442,7 @@ def main() -> None:
         "default batch size (1).",
         f"- torch threads: `ser predict` took {'/'.join(map(str, threads_used))} (the cores other processes left "
         f"idle when a pass started, `ser.inference.torch_threads`); `pipeline()` runs on torch's default, "
-        f"{torch.get_num_threads()}. On the threads `ser predict` takes, `pipeline()` in batches of "
+        f"{default_threads}. On the threads `ser predict` takes, `pipeline()` in batches of "
         f"{LARGE_BATCH_SIZE} is {ratio_same_threads:.2f}x slower than `ser predict`. Load average when the "
         f"timed runs started and ended: {load_before} and {load_after} (`os.getloadavg`, 1, 5 and 15 minutes).",
         f"One file from the command line, in fresh processes (median of {repeats}): `ser predict MODEL FILE --json` "
