@@ -91,12 +91,17 @@ class Segment:
 
 def load_vad() -> Any:
     """silero-vad's JIT model, from the files inside its wheel."""
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         from silero_vad import load_silero_vad
     except ImportError:
         raise SegmentError(
             'silero-vad is not installed: pip install -e ".[demo]" (or pip install silero-vad)'
         ) from None
+    finally:
+        torch.set_num_threads(threads)  # importing silero_vad sets one thread for the whole process
     with warnings.catch_warnings():  # its loader's importlib and torch.jit deprecations are not the user's to fix
         warnings.simplefilter("ignore", DeprecationWarning)
         return load_silero_vad()

@@ -15,7 +15,7 @@ from ser.cli import main
 from ser.inference import load_model, predict
 from ser.segments import Segment, SegmentSettings, merge_neighbours, segment_files, speech_spans
 
-from .helpers import build_recording, require, save_checkpoint, tiny_module
+from .helpers import build_recording, require, run_python, save_checkpoint, tiny_module
 
 require("silero_vad", 'pip install -e ".[demo]"')
 
@@ -162,3 +162,15 @@ def test_json_lines_are_written_as_files_are_scored(checkpoint, tmp_path, capsys
         main(["-q", "predict", str(checkpoint), str(tmp_path), "--json"])
     printed = [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()]
     assert printed == [str(tmp_path / f"clip{i}.wav") for i in range(4)]
+
+
+@pytest.mark.slow
+def test_loading_the_detector_keeps_torchs_threads(tmp_path):
+    # a fresh interpreter: silero_vad's import changes the threads once per process
+    code = (
+        "import torch; torch.set_num_threads(2); from ser.segments import load_vad; load_vad(); "
+        "print(torch.get_num_threads())"
+    )
+    result = run_python(["-c", code], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "2"
