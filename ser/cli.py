@@ -3,6 +3,8 @@
 ser synth OUT [--format F] [--speakers N]  write a stand-in of a corpus in its real layout (default RAVDESS)
 ser prepare [data=NAME] data.root=PATH    preprocess a corpus into the cache and summarise it
 ser predict MODEL PATH... [--json]        emotions of audio files (MODEL: .ckpt, .onnx, Hugging Face model)
+ser predict MODEL PATH... --segments      emotions over time: each speech segment of long recordings
+ser demo MODEL [--port P] [--share]       a Gradio page and API for a model
 ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
 ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
 ser summarize SWEEP_DIR [--metric M]      mean ± std of a multirun's metrics (folds, sweeps)
@@ -100,21 +102,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .inference import load_model, predict
+    from .inference import iter_predict, load_model
 
+    if args.segments or segment_options_given(args):
+        cmd_predict_segments(args)
+        return
     model = load_model(args.model, device=args.device)
-    predictions = predict(
+    predictions = []
+    for prediction in iter_predict(  # JSON lines are written as the files are scored
         model,
         args.paths,
         window_seconds=args.window,
         hop_seconds=args.hop,
         batch_size=args.batch_size,
         progress=not args.quiet,
-    )
-    if args.json:
-        for prediction in predictions:
+        threads=args.threads,
+    ):
+        if args.json:
             print(json.dumps(prediction.to_dict()), flush=True)
-    else:
+            if prediction.error is None:
+                continue  # printed: only failures are kept, for the summary on stderr
+        predictions.append(prediction)
+    if not args.json:
         table = Table(title=f"{model.name}: {len(predictions)} file(s)")
         table.add_column("file", overflow="fold")
         for column in ("emotion", "probability", "windows"):
@@ -136,6 +145,148 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"error: {p.path}: {p.error}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
+
+
+SEGMENT_OPTIONS = ("csv", "plot", "min_speech", "min_silence", "pad", "merge")
+
+
+def add_segment_options(pred: argparse.ArgumentParser) -> None:
+    """``ser predict --segments`` and its settings (see :mod:`ser.segments`)."""
+    group = pred.add_argument_group("emotions over time (--segments)")
+    group.add_argument(
+        "--segments",
+        action="store_true",
+        help="find the speech with a voice activity detector (silero-vad) and score each segment",
+    )
+    group.add_argument("--csv", action="store_true", help="segments as CSV on stdout, one row per segment")
+    group.add_argument("--plot", type=Path, metavar="PNG", help="draw the emotions against time into this image")
+    group.add_argument(
+        "--min-speech", type=float, default=0.25, metavar="SECONDS", help="drop shorter speech (default 0.25)"
+    )
+    group.add_argument(
+        "--min-silence",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="a shorter pause does not end a segment (default 0.5)",
+    )
+    group.add_argument(
+        "--pad", type=float, default=0.1, metavar="SECONDS", help="audio kept either side of speech (default 0.1)"
+    )
+    group.add_argument(
+        "--merge", action="store_true", help="join neighbouring segments of the same emotion into one row"
+    )
+
+
+def segment_options_given(args: argparse.Namespace) -> bool:
+    defaults = build_parser().parse_args(["predict", "M", "P"])
+    given = [name for name in SEGMENT_OPTIONS if getattr(args, name) != getattr(defaults, name)]
+    if given and not args.segments:
+        names = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise SystemExit(f"error: {names} work(s) with --segments only: add --segments")
+    return bool(given)
+
+
+def cmd_predict_segments(args: argparse.Namespace) -> None:
+    import json
+
+    from .inference import load_model
+    from .segments import SegmentSettings, csv_header, csv_row, plot_timeline, segment_files
+
+    if args.json and args.csv:
+        raise SystemExit("error: --json and --csv both print rows: choose one")
+    settings = SegmentSettings(min_speech=args.min_speech, min_silence=args.min_silence, pad=args.pad, merge=args.merge)
+    model = load_model(args.model, device=args.device)
+    rows = segment_files(
+        model,
+        args.paths,
+        settings,
+        window_seconds=args.window,
+        hop_seconds=args.hop,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        threads=args.threads,
+    )
+    segments = []
+    if args.csv:
+        print(csv_header(model.labels), flush=True)
+    for segment in rows:  # printed as they come: a crash keeps what was done
+        segments.append(segment)
+        if args.json:
+            print(json.dumps(segment.to_dict()), flush=True)
+        elif args.csv:
+            print(csv_row(segment, model.labels), flush=True)
+    if not args.json and not args.csv:
+        print_segment_table(segments, model.name)
+    if args.plot is not None:
+        from .atomic import save_figure
+
+        figure = plot_timeline(segments, model.labels, title=f"{model.name}: emotions over time")
+        print(f"timeline written to {save_figure(figure, args.plot, dpi=120)}", file=sys.stderr)
+    failed = [s for s in segments if s.error is not None]
+    for s in failed:
+        where = "" if s.start is None else f" {s.start:.2f}-{s.end:.2f} s"
+        print(f"error: {s.path}{where}: {s.error}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def print_segment_table(segments, model_name: str) -> None:
+    """A table on a terminal; plain tab-separated lines when piped, so paths are never wrapped."""
+    header = ("file", "start", "end", "emotion", "probability")
+    cells = [
+        (s.path, f"{s.start:.2f}", f"{s.end:.2f}", s.label, f"{s.probability:.3f}") for s in segments if s.error is None
+    ]
+    if not sys.stdout.isatty():
+        for row in (header, *cells):
+            print("\t".join(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*header, title=f"{model_name}: {len(cells)} speech segment(s)")
+    for row in cells:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def add_demo_command(commands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="a Gradio page and API for a model",
+        description="Serve a page where anyone can upload or record speech and see the model's emotions, "
+        "with API endpoints /predict and /segments (pip install -e '.[demo]').",
+    )
+    demo.add_argument(
+        "model", help="a .ckpt checkpoint, an .onnx file, or a Hugging Face model (directory or Hub name)"
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    demo.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    demo.add_argument("--examples", type=Path, metavar="DIR", help="audio files to offer as examples")
+    demo.add_argument(
+        "--max-seconds",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="longer uploads are refused (default 600)",
+    )
+    demo.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
+    demo.set_defaults(run=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        examples=args.examples,
+        max_seconds=args.max_seconds,
+        device=args.device,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -271,7 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=8, metavar="N", help="clips or windows per forward pass (default 8)"
     )
     pred.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
+    pred.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads on the CPU (default: the cores other processes leave idle, at least 1)",
+    )
+    add_segment_options(pred)
     pred.set_defaults(run=cmd_predict)
+    add_demo_command(commands)
 
     ev = commands.add_parser(
         "evaluate",

@@ -112,8 +112,12 @@ def _hf_exportable(module) -> None:
         )
 
 
-def _find_metrics(checkpoint: Path) -> tuple[dict | None, Path | None]:
-    # A run directory keeps metrics.json beside checkpoints/: see ser.train
+def find_run_metrics(checkpoint: Path) -> tuple[dict | None, Path | None]:
+    """The training run's ``metrics.json`` for a model file, and its path; ``(None, None)`` when there is none.
+
+    A run directory keeps ``metrics.json`` beside ``checkpoints/`` (see :mod:`ser.train`), so it is looked
+    for in the file's folder and that folder's parent. The model card of an export and ``ser demo`` read it.
+    """
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         path = folder / "metrics.json"
         if path.is_file():
@@ -140,7 +144,7 @@ def _model_card(module, checkpoint: Path, out_name: str, architecture: str) -> s
     base_is_hub = bool(base) and not base.startswith(("/", ".", "~")) and base.count("/") == 1
     sample_rate = module.hparams.sample_rate
     normalize = module.hparams.normalize
-    metrics, metrics_path = _find_metrics(checkpoint)
+    metrics, metrics_path = find_run_metrics(checkpoint)
 
     lines = ["---", "library_name: transformers", "pipeline_tag: audio-classification"]
     if base_is_hub:

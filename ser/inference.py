@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import glob
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,40 @@ def score_waveforms(
     return probabilities, errors
 
 
+# --- threads -------------------------------------------------------------------------------------
+
+
+def idle_cores() -> int:
+    """The CPU cores this process may use less those other processes keep busy (the 1-minute load
+    average, rounded down), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        busy = math.floor(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average on this platform
+        return cores
+    return max(1, min(cores, cores - busy))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None = None) -> Iterator[int]:
+    """torch's intra-op threads set to ``threads`` for the duration, and restored after; yields the count.
+
+    ``None`` takes the cores that are idle (:func:`idle_cores`), never more than torch would use anyway
+    (``OMP_NUM_THREADS`` or ``torch.set_num_threads`` set that). Threads that wait for a core another
+    process holds make every parallel op wait for them, so on a busy machine fewer threads finish sooner
+    (BENCHMARKS.md, predict).
+    """
+    previous = torch.get_num_threads()
+    if threads is not None and threads < 1:
+        raise PredictError(f"--threads {threads}: give at least 1")
+    wanted = threads if threads is not None else min(previous, idle_cores())
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(previous)
+
+
 # --- predicting files -------------------------------------------------------------------------
 
 
@@ -343,6 +378,7 @@ def predict(
     hop_seconds: float = 5.0,
     batch_size: int = 8,
     progress: bool = False,
+    threads: int | None = None,
 ) -> list[Prediction]:
     """Predict the emotion of every audio file in ``paths``: one :class:`Prediction` per file, in order.
 
@@ -351,6 +387,7 @@ def predict(
     format, sample rate and channel count soundfile reads. Clips longer than ``window_seconds`` are
     scored in windows every ``hop_seconds`` and their probabilities averaged. A file that cannot be
     read or scored gets a Prediction with ``error`` set; the others are scored all the same.
+    ``threads``: torch's threads while scoring (default: the idle cores, see :func:`torch_threads`).
     """
     scorer = as_scorer(model)
     if isinstance(paths, (str, Path)):
@@ -368,7 +405,7 @@ def predict(
     predictions = [Prediction(path=path, error=reason) for path, reason in entries]
     todo = [i for i, (_, reason) in enumerate(entries) if reason is None]
 
-    with progress_bar(progress) as bar, scorer.inference():
+    with progress_bar(progress) as bar, scorer.inference(), torch_threads(threads):
         task = bar.add_task("Scoring", total=0) if bar is not None else None
         for start in range(0, len(todo), FILES_PER_CHUNK):
             chunk = todo[start : start + FILES_PER_CHUNK]
@@ -396,6 +433,20 @@ def predict(
             for i, rows in rows_of.items():
                 _fill(predictions[i], scorer.labels, probabilities[rows], [errors[j] for j in rows])
     return predictions
+
+
+def iter_predict(
+    model: Scorer | str | Path | Any, paths: Sequence[str | Path] | str | Path, **options: Any
+) -> Iterator[Prediction]:
+    """:func:`predict`, yielding each file's Prediction once its group of ``FILES_PER_CHUNK`` files is scored.
+
+    Memory stays flat however many files there are, and a caller that writes results as they come
+    keeps them all when a later file crashes the run. ``options`` are :func:`predict`'s.
+    """
+    scorer = as_scorer(model)
+    entries = expand_paths([paths] if isinstance(paths, (str, Path)) else paths)
+    for start in range(0, len(entries), FILES_PER_CHUNK):
+        yield from predict(scorer, [path for path, _ in entries[start : start + FILES_PER_CHUNK]], **options)
 
 
 def _fill(
@@ -442,10 +493,13 @@ __all__ = [
     "Scorer",
     "as_scorer",
     "expand_paths",
+    "idle_cores",
+    "iter_predict",
     "load_model",
     "plan_batches",
     "predict",
     "progress_bar",
     "score_waveforms",
+    "torch_threads",
     "window_bounds",
 ]

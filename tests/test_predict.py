@@ -32,7 +32,7 @@ from ser.inference import (
 from ser.models import EncoderError
 from ser.module import SERModule
 
-from .helpers import TINY_ENCODER, save_checkpoint, tiny_module, write_noise_corpus
+from .helpers import TINY_ENCODER, noise, require, save_checkpoint, tiny_module, write_noise_corpus
 
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}  # wav2vec2-base style
 
@@ -43,12 +43,6 @@ pytestmark = [
 
 
 # --- builders ------------------------------------------------------------------------------------
-
-
-def noise(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = (int(seconds * rate), channels) if channels > 1 else (int(seconds * rate),)
-    return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
 
 def own_probabilities(module: SERModule, waveform: np.ndarray) -> np.ndarray:
@@ -442,8 +436,8 @@ def test_published_layout_evaluates_as_transformers_scores_it(small_corpus, tmp_
 @pytest.mark.parametrize("fmt", ["hf", "onnx"])
 def test_exported_model_predicts_as_the_checkpoint(fmt, checkpoint, audio_tree, tmp_path, capsys):
     if fmt == "onnx":
-        pytest.importorskip("onnx")
-        pytest.importorskip("onnxruntime")
+        require("onnx", 'pip install -e ".[onnx]"')
+        require("onnxruntime", 'pip install -e ".[onnx]"')
     path, _ = checkpoint
     out = tmp_path / ("exported" if fmt == "hf" else "model.onnx")
     main(["-q", "export", str(path), str(out), "--format", fmt])
@@ -494,8 +488,47 @@ def test_checkpoints_hf_models_and_onnx_files_are_scorers(checkpoint, tmp_path):
     assert scorer.labels == list(module.hparams.labels) and scorer.min_samples == 40
     hf_classifier_dir(tmp_path / "hf")
     assert isinstance(load_model(tmp_path / "hf"), HFClassifier) and isinstance(load_model(tmp_path / "hf"), Scorer)
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime", 'pip install -e ".[onnx]"')
     main(["-q", "export", str(path), str(tmp_path / "onnx"), "--format", "onnx"])
     onnx = load_model(tmp_path / "onnx")  # a folder holding model.onnx
     assert isinstance(onnx, OnnxClassifier) and isinstance(onnx, Scorer)
     assert (onnx.name, onnx.labels, onnx.min_samples, onnx.trim_db) == ("onnx", scorer.labels, 40, None)
+
+
+# --- threads ----------------------------------------------------------------------------------------
+
+
+def test_torch_threads_take_the_idle_cores_and_restore_torchs_setting(monkeypatch):
+    from ser import inference
+
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda _: set(range(8)), raising=False)
+    monkeypatch.setattr(inference.os, "getloadavg", lambda: (5.7, 0.0, 0.0))
+    assert inference.idle_cores() == 3
+    monkeypatch.setattr(inference.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
+    assert inference.idle_cores() == 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        monkeypatch.setattr(inference.os, "getloadavg", lambda: (1.2, 0.0, 0.0))  # 7 idle, but torch had 4
+        with inference.torch_threads() as threads:
+            assert threads == torch.get_num_threads() == 4
+        monkeypatch.setattr(inference.os, "getloadavg", lambda: (6.0, 0.0, 0.0))
+        with inference.torch_threads() as threads:
+            assert threads == torch.get_num_threads() == 2
+        with inference.torch_threads(3) as threads:
+            assert threads == torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 4
+        with pytest.raises(PredictError, match="--threads 0"):
+            with inference.torch_threads(0):
+                pass
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_predict_with_explicit_threads_gives_the_same_scores(checkpoint, audio_tree):
+    path, _ = checkpoint
+    files = list(audio_tree.values())[:3]
+    one, two = predict(path, files, threads=1), predict(path, files, threads=2)
+    for a, b in zip(one, two):
+        assert a.error is None and a.label == b.label
+        np.testing.assert_allclose(probabilities_of(a), probabilities_of(b), atol=1e-5)
