@@ -1,0 +1,164 @@
+"""The feature cache: keys, atomicity, the size refusal, and logits equal to those of the frozen model on audio."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+
+from ser import features as features_module
+from ser.data.prepare import PrepareSettings, prepare
+from ser.features import (
+    CachedFeatures,
+    FeatureCacheError,
+    FrameDataset,
+    classify_frames,
+    collate_frames,
+    extract_features,
+    feature_key,
+)
+from ser.models import SpeechClassifier, build_encoder, load_encoder_config
+
+from .helpers import TINY_ENCODER, write_noise_corpus
+
+# wav2vec2-base's group-norm feature encoder, shrunk: such clips are encoded one length at a time
+TINY_GROUP_NORM = {**TINY_ENCODER, "feat_extract_norm": "group", "do_stable_layer_norm": False}
+
+
+def tiny_encoder(seed: int = 0, config: dict = TINY_ENCODER):
+    torch.manual_seed(seed)
+    return build_encoder(load_encoder_config(None, dict(config)), pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """12 clips of 1 actor, lengths 0.2 to 0.7 s, prepared."""
+    root = tmp_path_factory.mktemp("features")
+    write_noise_corpus(root / "ravdess", actors=(1,))
+    corpus = prepare(root / "ravdess", root / "cache", progress=False)
+    corpus.clips = corpus.clips[:12]  # the cache key stays the prepared corpus's
+    return corpus
+
+
+def test_key_follows_weights_corpus_preprocessing_and_layers(small_corpus, tmp_path):
+    encoder = tiny_encoder(seed=0)
+    key = feature_key(encoder, small_corpus)
+    assert feature_key(tiny_encoder(seed=0), small_corpus) == key  # same weights, same key
+    assert feature_key(tiny_encoder(seed=1), small_corpus) != key  # another random initialisation
+    assert feature_key(encoder, small_corpus, frames="all") != key
+    assert feature_key(encoder, small_corpus, frames=-1) != key  # hidden_states[-1]: before the final layer norm
+    assert feature_key(encoder, small_corpus, frames=2) == feature_key(encoder, small_corpus, frames=-1)
+
+    root = tmp_path / "other"
+    write_noise_corpus(root, actors=(2,))
+    other_corpus = prepare(root, tmp_path / "cache", progress=False)
+    assert feature_key(encoder, other_corpus) != key
+    source = small_corpus.path.parent.parent / "ravdess"
+    renormalised = prepare(source, tmp_path / "cache", PrepareSettings(normalize=False), progress=False)
+    assert feature_key(encoder, renormalised) != key
+
+
+def test_cache_is_reused_and_invalidated(small_corpus, tmp_path, caplog):
+    encoder = tiny_encoder()
+    first = extract_features(encoder, small_corpus, tmp_path, progress=False)
+    assert first.frames(0).dtype == np.float16 and first.frames(0).shape[1:] == (1, 32)
+    assert first.means.shape == (12, 3, 32)
+    assert len(first.all_frames) == first.offsets[-1]
+    with caplog.at_level("INFO", logger="ser.features"):
+        again = extract_features(encoder, small_corpus, tmp_path, progress=False)
+    assert again.path == first.path and "reusing the feature cache" in caplog.text
+
+    with torch.no_grad():
+        encoder.encoder.layers[0].feed_forward.output_dense.weight.add_(0.01)
+    changed = extract_features(encoder, small_corpus, tmp_path, progress=False)
+    assert changed.path != first.path
+    assert not np.allclose(changed.means, first.means)
+
+
+def assert_logits_close(classifier, corpus, cached, layer):
+    clips = np.arange(len(cached))
+    waves = [torch.from_numpy(np.array(corpus.waveform(int(i)))) for i in clips]
+    longest = max(len(w) for w in waves)
+    waveforms = torch.zeros(len(waves), longest)
+    mask = torch.zeros(len(waves), longest, dtype=torch.long)
+    for row, wave in enumerate(waves):
+        waveforms[row, : len(wave)] = wave
+        mask[row, : len(wave)] = 1
+    with torch.no_grad():
+        on_audio = classifier(waveforms, mask)
+        batch = collate_frames([FrameDataset(cached, clips, layer=layer)[i] for i in clips])
+        on_frames = classify_frames(classifier, batch["frames"], batch["mask"])
+    assert on_frames.shape == on_audio.shape == (len(clips), 8)
+    torch.testing.assert_close(on_frames, on_audio, atol=5e-3, rtol=1e-2)  # float16 frames
+
+
+@pytest.mark.parametrize(
+    "config, weighted",
+    [(TINY_ENCODER, False), (TINY_GROUP_NORM, False), (TINY_ENCODER, True)],
+    ids=["layer-norm", "group-norm", "weighted-layer-sum"],
+)
+def test_head_on_cached_frames_gives_the_logits_of_the_frozen_model(small_corpus, tmp_path, config, weighted):
+    classifier = SpeechClassifier(tiny_encoder(config=config), num_labels=8, use_weighted_layer_sum=weighted).eval()
+    if weighted:
+        with torch.no_grad():
+            classifier.layer_weights.copy_(torch.tensor([0.2, 0.5, 0.3]))
+    frames = "all" if weighted else "output"
+    cached = extract_features(classifier.encoder, small_corpus, tmp_path, frames=frames, progress=False)
+    assert_logits_close(classifier, small_corpus, cached, None if weighted else "output")
+
+
+def test_training_crop_is_a_window_of_frames(small_corpus, tmp_path):
+    cached = extract_features(tiny_encoder(), small_corpus, tmp_path, progress=False)
+    dataset = FrameDataset(cached, np.arange(12), max_seconds=0.25)
+    window = cached.frames_for_samples(4000)  # 0.25 s at 16 kHz
+    assert dataset.max_frames == window and dataset.lengths().max() == window
+    longest = int(np.argmax(cached.frame_lengths()))
+    whole = cached.frames(longest)[:, 0].astype(np.float32)
+    item = dataset[(longest, 3)]["frames"].numpy()
+    starts = [s for s in range(len(whole) - window + 1) if np.array_equal(whole[s : s + window], item)]
+    assert len(item) == window and starts  # a contiguous window of the clip's frames
+    assert np.array_equal(dataset[(longest, 3)]["frames"].numpy(), item)  # reproducible per (seed, epoch, index)
+    with pytest.raises(FeatureCacheError, match="layer 0 is not in the feature cache"):
+        FrameDataset(cached, np.arange(12), layer=0)
+
+
+def test_a_crash_during_extraction_leaves_no_cache_that_loads(small_corpus, tmp_path, monkeypatch):
+    encoder = tiny_encoder()
+    calls = {"n": 0}
+    real = features_module._encode
+
+    def crash_on_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(features_module, "_encode", crash_on_second_batch)
+    monkeypatch.setattr(features_module, "_BATCH_SAMPLES", 16_000)  # several batches
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(encoder, small_corpus, tmp_path, progress=False)
+    entry = tmp_path / "features" / feature_key(encoder, small_corpus)
+    assert not entry.exists()
+    assert list((tmp_path / "features").iterdir()) == []  # no temporary folder left either
+    with pytest.raises(FeatureCacheError, match="not a complete feature cache"):
+        CachedFeatures.load(entry)
+
+    monkeypatch.setattr(features_module, "_encode", real)
+    assert calls["n"] == 2
+    rebuilt = extract_features(encoder, small_corpus, tmp_path, progress=False)
+    assert rebuilt.path == entry and len(rebuilt) == 12
+
+
+def test_refuses_in_one_line_when_the_disk_lacks_space(small_corpus, tmp_path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(FeatureCacheError) as error:
+        extract_features(tiny_encoder(), small_corpus, tmp_path, frames="all", progress=False)
+    message = str(error.value)
+    assert "\n" not in message and "free" in message and "data.cache_dir" in message
+    printed = capsys.readouterr().out
+    assert "12 clips x" in printed and "3 layer(s) x 32 dims" in printed
+    assert not (tmp_path / "features").exists() or not any((tmp_path / "features").iterdir())
