@@ -162,3 +162,14 @@ def test_refuses_in_one_line_when_the_disk_lacks_space(small_corpus, tmp_path, m
     printed = capsys.readouterr().out
     assert "12 clips x" in printed and "3 layer(s) x 32 dims" in printed
     assert not (tmp_path / "features").exists() or not any((tmp_path / "features").iterdir())
+
+
+@pytest.mark.slow
+def test_frozen_benchmark_writes_its_section(tmp_path):
+    from .test_benchmarks import row, run_benchmark
+
+    section = run_benchmark("frozen.py", tmp_path / "BENCHMARKS.md")
+    audio, cached = row(section, "training throughput (clips/s)")
+    assert float(audio) > 0 and float(cached) > 0
+    assert row(section, "speed-up of training on cached features")[0].split("x")[0].isdigit()
+    assert "target under 900 s" in row(section, "full probe: extraction + probes (s)")[0]
