@@ -252,6 +252,8 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 def cmd_probe(args: argparse.Namespace) -> None:
     from datetime import datetime
 
+    import torch
+
     from .data.prepare import PrepareSettings, prepare
     from .errors import UserError
     from .probe import layer_summary, load_probe_encoder, run_probe
@@ -267,6 +269,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     out = args.out or Path("outputs") / f"probe-{datetime.now():%Y-%m-%d_%H-%M-%S}"
     try:
         encoder, preprocessing = load_probe_encoder(args.encoder)
+        encoder.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if cfg.synthesize_actors:
             from .data.synth import synthesize_corpus
 
@@ -397,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="output directory (default outputs/probe-<time>)"
     )
+    probe.add_argument("--device", default=None, help="torch device for the encoder (default cuda if there is one)")
     probe.set_defaults(run=cmd_probe)
     return parser
 

@@ -263,7 +263,6 @@ def extract_features(
     corpus: PreparedCorpus,
     cache_dir: str | Path,
     frames: str | int = OUTPUT,
-    device: str | torch.device | None = None,
     autocast: str | None = None,
     progress: bool = True,
 ) -> CachedFeatures:
@@ -297,15 +296,20 @@ def extract_features(
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     frame_bytes = int(offsets[-1]) * len(layers) * dim * 2
     mean_bytes = len(lengths) * num_layers * dim * 4
+    frames_text = (
+        f"{len(lengths)} clips x {int(offsets[-1])} frames x {len(layers)} layer(s) x {dim} dims (float16) = "
+        f"{_format_bytes(frame_bytes)}, plus "
+        if layers
+        else ""
+    )
     print(
-        f"feature cache: {len(lengths)} clips x {int(offsets[-1])} frames x {len(layers)} layer(s) x {dim} dims "
-        f"(float16) = {_format_bytes(frame_bytes)}, plus utterance means {len(lengths)} x {num_layers} x {dim} "
+        f"feature cache: {frames_text}utterance means {len(lengths)} clips x {num_layers} layers x {dim} dims "
         f"(float32) = {_format_bytes(mean_bytes)}, in {entry}",
         flush=True,
     )
     _check_space(cache_dir, frame_bytes + mean_bytes + (1 << 20))
 
-    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    device = next(encoder.parameters()).device  # extraction runs where the caller put the encoder
     was_training = encoder.training
     encoder.eval()
     alone = uses_group_norm(encoder.config)
