@@ -196,7 +196,11 @@ def plot_probe(rows: Sequence[dict], title: str):
     std = np.array([summary[layer]["std"] for layer in layers])
     figure, axis = plt.subplots(figsize=(7, 4))
     axis.fill_between(
-        layers, [summary[x]["min"] for x in layers], [summary[x]["max"] for x in layers], alpha=0.2, label="folds"
+        layers,
+        [summary[x]["min"] for x in layers],
+        [summary[x]["max"] for x in layers],
+        alpha=0.2,
+        label="worst to best fold",
     )
     axis.errorbar(layers, mean, yerr=std, marker="o", capsize=3, label="mean ± std over folds")
     axis.set_xlabel("layer (0: the CNN's projected features)")
