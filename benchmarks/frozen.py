@@ -13,7 +13,9 @@ from ``--encoder-config`` with random weights (default ``base``: wav2vec2-base's
   extraction is timed, and the cache's size measured), then the same head, from the same initial
   weights, trained on the same batches in the same order, reading frames from the cache
   (``ser.features.classify_frames``). Being fast, this loop is timed over several repeats (the median
-  counts); its first repeat gives the results compared with the audio side's.
+  counts); its first repeat gives the results compared with the audio side's: the loss at every step,
+  and the trained head's weights (Adam moves a weight by about the learning rate whatever its gradient's
+  size, so a weight whose gradient is near zero may differ by about one step's size).
 - probe: ``ser.probe.run_probe`` over every layer and every EmoBox fold of the corpus (13 layers x 6
   folds for ``base``), on the utterance means that the extraction above already stored; its time plus
   the extraction's is what a first ``ser probe`` of the encoder costs.
@@ -60,16 +62,14 @@ def fixed_batches(train: np.ndarray, steps: int, batch_size: int, seed: int = 0)
 
 
 def padded(corpus, batch: np.ndarray):
+    """Waveforms (B, T) and attention mask (B, T) of the clips ``batch``, as the training loader pads them."""
     import torch
 
-    waves = [torch.from_numpy(np.array(corpus.waveform(int(i)))) for i in batch]
-    longest = max(len(w) for w in waves)
-    waveforms = torch.zeros(len(waves), longest)
-    mask = torch.zeros(len(waves), longest, dtype=torch.long)
-    for row, wave in enumerate(waves):
-        waveforms[row, : len(wave)] = wave
-        mask[row, : len(wave)] = 1
-    return waveforms, mask
+    from ser.data.batching import collate
+
+    items = [{"waveform": torch.from_numpy(np.array(corpus.waveform(int(i)))), "label": 0, "index": i} for i in batch]
+    batch = collate(items)
+    return batch["waveforms"], batch["attention_mask"]
 
 
 def train_head(classifier, batches, labels, logits_of) -> tuple[float, list[float], dict]:

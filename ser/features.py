@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedModel
 
 from .atomic import atomic_dir, write_json
+from .data.batching import collate
 from .data.prepare import PreparedCorpus
 from .errors import UserError
 from .models.classifier import SpeechClassifier
@@ -365,15 +366,14 @@ def _run_batches(
             disable=not progress,
             transient=False,
         ):
-            waves = [torch.from_numpy(np.array(corpus.waveform(int(i)))) for i in batch]
-            longest = max(len(w) for w in waves)
-            waveforms = torch.zeros(len(waves), longest)
-            mask = torch.zeros(len(waves), longest, dtype=torch.long)
-            for row, wave in enumerate(waves):
-                waveforms[row, : len(wave)] = wave
-                mask[row, : len(wave)] = 1
-            attention_mask = None if alone else mask.to(device)
-            encoded = _encode(encoder, waveforms.to(device), attention_mask, counts[batch], layers)
+            padded = collate(
+                [
+                    {"waveform": torch.from_numpy(np.array(corpus.waveform(int(i)))), "label": 0, "index": i}
+                    for i in batch
+                ]
+            )
+            attention_mask = None if alone else padded["attention_mask"].long().to(device)
+            encoded = _encode(encoder, padded["waveforms"].to(device), attention_mask, counts[batch], layers)
             for index, (clip_frames, clip_means) in zip(batch, encoded):
                 means[index] = clip_means.cpu().numpy()
                 if frame_file is not None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ser import features as features_module
+from ser.data.batching import ClipDataset, collate
 from ser.data.prepare import PrepareSettings, prepare
 from ser.features import (
     CachedFeatures,
@@ -80,15 +81,9 @@ def test_cache_is_reused_and_invalidated(small_corpus, tmp_path, caplog):
 
 def assert_logits_close(classifier, corpus, cached, layer):
     clips = np.arange(len(cached))
-    waves = [torch.from_numpy(np.array(corpus.waveform(int(i)))) for i in clips]
-    longest = max(len(w) for w in waves)
-    waveforms = torch.zeros(len(waves), longest)
-    mask = torch.zeros(len(waves), longest, dtype=torch.long)
-    for row, wave in enumerate(waves):
-        waveforms[row, : len(wave)] = wave
-        mask[row, : len(wave)] = 1
+    audio = collate([ClipDataset(corpus, clips)[i] for i in clips])
     with torch.no_grad():
-        on_audio = classifier(waveforms, mask)
+        on_audio = classifier(audio["waveforms"], audio["attention_mask"])
         batch = collate_frames([FrameDataset(cached, clips, layer=layer)[i] for i in clips])
         on_frames = classify_frames(classifier, batch["frames"], batch["mask"])
     assert on_frames.shape == on_audio.shape == (len(clips), 8)
