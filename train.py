@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ser.cli import exit_on_user_error
+from ser.errors import exit_on_user_error, first_line
 from ser.train import train
 
 log = logging.getLogger("train")
@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> float:
         try:
             return train(cfg)["objective"]
         except Exception as error:
-            log.exception("error: %s", str(error).splitlines()[0] if str(error) else type(error).__name__)
+            log.exception("error: %s", first_line(error))
             raise
     with exit_on_user_error():
         return train(cfg)["objective"]

@@ -56,7 +56,7 @@ STAGES = {
 
 def train_checkpoint(root: Path, scratch: Path, encoder: str, steps: int) -> Path:
     """The last checkpoint of the demo experiment trained for ``steps`` optimizer steps by ``ser.train.train``."""
-    from ser.cli import compose
+    from ser.config import compose
     from ser.train import train
 
     cfg = compose(

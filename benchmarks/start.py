@@ -66,7 +66,7 @@ def start_child(job: dict, launched: float) -> dict:
     stamps = {"interpreter": time.time()}
     import pytorch_lightning as pl
 
-    from ser.cli import compose
+    from ser.config import compose
     from ser.train import build_datamodule, build_module, build_trainer
 
     stamps["imports"] = time.time()
@@ -98,7 +98,7 @@ def workers_child(job: dict) -> dict:
     """Runs in a new process: one epoch of the training loader with workers, then their memory."""
     import psutil
 
-    from ser.cli import compose
+    from ser.config import compose
     from ser.train import build_datamodule
 
     cfg = compose(overrides(job, workers=job["workers"]))

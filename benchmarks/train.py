@@ -78,7 +78,7 @@ def compose_config(job: dict, trim_db: float | None, variant: tuple[str, ...] = 
 
     ``variant``: more Hydra overrides, for a side that tries a setting the project does not use by default.
     """
-    from ser.cli import compose
+    from ser.config import compose
 
     overrides = [
         "model=tiny",
@@ -881,7 +881,7 @@ def main() -> None:
             seed_job = {**job, "seed": seed, "scratch": str(scratch / f"seed-{seed}")}
             Path(seed_job["scratch"]).mkdir()
             results = take_turns(sides, seed_job, Path(seed_job["scratch"]), names, f"seed {seed}: ")
-            for side, result in results.items():
+            for result in results.values():
                 result.update(validation_scores(seed_job, result))
             for check in ("initial_weights", "train_keys"):
                 values = {r[check] for r in results.values()}

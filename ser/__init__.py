@@ -18,6 +18,7 @@ _EXPORTS = {
     "predict": "inference",
     "load_model": "inference",
     "Prediction": "inference",
+    "Scorer": "scoring",
     "SERModule": "module",
 }
 

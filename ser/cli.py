@@ -12,64 +12,11 @@ ser probe ENCODER [data.*=...] [--folds]  UA of a linear probe on each layer of 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message already says what to do: shown as one line, without a traceback."""
-    from .data.audio import AudioError
-    from .data.corpus import CorpusError
-    from .data.download import DownloadError
-    from .data.splits import SplitError
-    from .export import ExportError
-    from .inference import PredictError
-    from .models.encoder import EncoderError
-    from .resume import ResumeError
-    from .train import StrategyError
-
-    return (
-        CorpusError,
-        DownloadError,
-        SplitError,
-        EncoderError,
-        AudioError,
-        FloatingPointError,
-        PredictError,
-        ExportError,
-        ResumeError,
-        StrategyError,
-    )
-
-
-@contextlib.contextmanager
-def exit_on_user_error():
-    try:
-        yield
-    except user_errors() as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def compose(overrides: list[str]):
-    """The project's Hydra config with ``overrides``, outside of ``@hydra.main``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from .config import register_configs
-
-    register_configs()
-
-    if not CONF_DIR.is_dir():
-        raise SystemExit(
-            f"error: no config directory at {CONF_DIR}; install ser from its source tree with `pip install -e .`"
-        )
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+from .errors import exit_on_user_error
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -79,53 +26,32 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"synthetic RAVDESS-format corpus ({args.actors} actors) in {out}")
 
 
-def data_config(overrides: list[str]):
-    """The ``data`` config: its schema, ``conf/data/ravdess.yaml``, then ``data.*`` overrides.
-
-    ``ser prepare`` takes data settings only, so it composes just those with OmegaConf rather than
-    the whole Hydra config: that keeps a warm ``ser prepare`` at a quarter of a second, about half
-    of which Hydra's import and composition would add. The schema still refuses unknown keys and
-    wrong types.
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .config import DataConfig
-
-    wrong = [o for o in overrides if not o.startswith("data.") or "=" not in o]
-    if wrong:
-        raise SystemExit(f"error: ser prepare takes data.KEY=VALUE overrides only, not {' '.join(wrong)}")
-    try:
-        return OmegaConf.merge(
-            OmegaConf.structured(DataConfig),
-            OmegaConf.load(CONF_DIR / "data" / "ravdess.yaml"),
-            OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]),
-        )
-    except OmegaConfBaseException as error:
-        raise SystemExit(f"error: {str(error).splitlines()[0]}") from None
-
-
 def cmd_prepare(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from .config import compose_data
     from .data.prepare import PrepareSettings, prepare
 
-    cfg = data_config(args.overrides)
+    cfg = compose_data(args.overrides)
     if cfg.synthesize_actors:
-        from .data.synth import synthesize_corpus
+        from .data.synth import synthesize_unless_present  # imports torch: only when asked to synthesise
 
-        synthesize_corpus(cfg.root, actors=cfg.synthesize_actors, seed=0, progress=not args.quiet)
+        synthesize_unless_present(cfg.root, actors=cfg.synthesize_actors, progress=not args.quiet)
     settings = PrepareSettings(sample_rate=cfg.sample_rate, normalize=cfg.normalize, trim_db=cfg.trim_db)
     corpus = prepare(
         cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
     )
     summary = corpus.summary()
 
-    console = Console()
+    # soft_wrap and markup=False wherever a path is printed: a path is never cut, folded or wrapped,
+    # even when the output goes to a file (where rich would wrap at 80 columns), and brackets in it stay.
+    console = Console(soft_wrap=True)
     console.print(
-        f"[bold]{summary['clips']} clips[/], {len(summary['emotions'])} emotions, {len(summary['actors'])} actors, "
-        f"{summary['hours']:.2f} h of audio, from {summary['source']}"
+        f"{summary['clips']} clips, {len(summary['emotions'])} emotions, {len(summary['actors'])} actors, "
+        f"{summary['hours']:.2f} h of audio, from {summary['source']}",
+        markup=False,
+        highlight=False,
     )
     emotions = Table("emotion", "clips", title="clips per emotion")
     for emotion, count in summary["emotions"].items():
@@ -137,15 +63,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if summary["excluded"]:
         console.print(f"{summary['excluded']} clips of another modality or vocal channel were left out")
     if corpus.skipped:
-        skipped = Table(title=f"{len(corpus.skipped)} file(s) skipped", title_style="bold red")
-        skipped.add_column("file", overflow="fold")
-        skipped.add_column("reason", overflow="fold")
+        console.print(f"[bold red]{len(corpus.skipped)} file(s) skipped:[/]")
         for row in corpus.skipped:
-            skipped.add_row(row["location"], row["reason"])
-        console.print(skipped)
+            console.print(f"  {row['location']}: {row['reason']}", markup=False, highlight=False)
+        console.print(f"the skipped files and their reasons: {corpus.skipped_file}", markup=False, highlight=False)
     else:
         console.print("no file skipped")
-    console.print(f"cache: {summary['cache']}")
+    console.print(f"cache: {summary['cache']}", markup=False, highlight=False)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -170,7 +94,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(json.dumps(prediction.to_dict()), flush=True)
     else:
         table = Table(title=f"{model.name}: {len(predictions)} file(s)")
-        table.add_column("file", overflow="fold")  # whole paths, wrapped rather than cut
+        table.add_column("file", overflow="fold")
         for column in ("emotion", "probability", "windows"):
             table.add_column(column)
         for p in predictions:
@@ -178,7 +102,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
                 table.add_row(p.path, p.label, f"{p.probability:.3f}", str(len(p.windows)))
             else:
                 table.add_row(p.path, "[red]failed[/]", "", "")
-        Console().print(table)
+        console = Console()
+        if not console.is_terminal:
+            # rich lays a table out at 80 columns in a file or a pipe, folding long paths across lines:
+            # make it as wide as its longest row instead, so every path stays whole on its line
+            natural = Console(width=1 << 20).measure(table).maximum
+            console = Console(width=max(console.width, natural))
+        console.print(table)
     failed = [p for p in predictions if p.error is not None]
     for p in failed:
         print(f"error: {p.path}: {p.error}", file=sys.stderr)
@@ -201,7 +131,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     stage = metrics["stage"]
-    console = Console()
+    console = Console(soft_wrap=True)  # the model's and the output folder's paths stay whole on their lines
     console.print(f"[bold]{metrics['model']}[/] on {metrics['clips']} {stage} clips, {metrics['protocol']}")
     console.print(
         f"WA (accuracy) {metrics[f'{stage}/acc']:.4f}   UA (macro recall) {metrics[f'{stage}/uar']:.4f}   "
@@ -228,7 +158,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"ONNX model written to {out}")
         print(f"  score files:   ser predict {out} clip.wav")
         print(
-            f"  in Python:     from ser.export import OnnxClassifier; OnnxClassifier('{out}')(waveforms, attention_mask)"
+            "  in Python:     from ser.onnx_runtime import OnnxClassifier; "
+            f"OnnxClassifier('{out}')(waveforms, attention_mask)"
         )
     else:
         out = export_hf(args.checkpoint, args.out, overwrite=args.overwrite)
@@ -236,17 +167,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"  score files:   ser predict {out} clip.wav")
         print(f"  evaluate:      ser evaluate {out} data.root=PATH")
         print(
-            f"  transformers:  pipeline('audio-classification', model='{out}')({{'raw': waveform, 'sampling_rate': 16000}})"
+            f"  transformers:  pipeline('audio-classification', model='{out}')"
+            "({'raw': waveform, 'sampling_rate': 16000})"
         )
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
     from .summarize import DEFAULT_METRICS, summarize
 
-    try:
-        summarize(args.sweep_dir, metrics=tuple(args.metrics or DEFAULT_METRICS))  # prints the table and the files
-    except ValueError as error:  # no jobs there: say so in one line
-        raise SystemExit(f"error: {error}") from None
+    summarize(args.sweep_dir, metrics=tuple(args.metrics or DEFAULT_METRICS))  # prints the table and the files
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -366,12 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = commands.add_parser("export", help="a checkpoint as a Hugging Face model directory or an ONNX file")
     exp.add_argument("checkpoint", type=Path, help="a .ckpt checkpoint of this project")
-    exp.add_argument("out", type=Path, help="output directory (hf) or .onnx file (onnx)")
+    exp.add_argument(
+        "out",
+        type=Path,
+        help="output directory (hf); for onnx, OUT itself when it ends in .onnx, else the file OUT/model.onnx",
+    )
     exp.add_argument(
         "--format",
         choices=("hf", "onnx"),
         default="hf",
-        help="hf: save_pretrained directory for transformers (default); onnx: one ONNX file",
+        help="hf: save_pretrained directory for transformers (default); "
+        'onnx: one ONNX file (needs pip install -e ".[onnx]")',
     )
     exp.add_argument("--overwrite", action="store_true", help="replace an existing export")
     exp.set_defaults(run=cmd_export)

@@ -3,13 +3,24 @@
 ``conf/config.yaml`` starts from ``base_config`` (the :class:`Config` schema), so every group option
 is merged into a typed node: a mistyped key or a value of the wrong type fails when the config is
 composed, not an hour into training. :func:`register_configs` stores the schema; ``train.py`` and
-``ser`` call it before composing.
+``ser`` call it before composing. :func:`compose` gives the whole config outside of ``@hydra.main``,
+:func:`compose_data` its ``data`` part alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import UserError, first_line
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(UserError):
+    """The config cannot be composed: no config directory, an unknown key, a value of the wrong type."""
 
 
 @dataclass
@@ -39,7 +50,9 @@ class ModelConfig:
     encoder: str | None = "jonatasgrosman/wav2vec2-large-xlsr-53-english"
     encoder_config: dict[str, Any] | None = None  # inline config: a randomly initialised encoder
     pretrained: bool = True
-    init_from: str | None = None  # a Hugging Face audio-classification model to start from, head included
+    # a Hugging Face audio-classification model to start from, head included; its architecture wins
+    # over encoder, encoder_config and the head's shape settings
+    init_from: str | None = None
     pooling: str = "mean"  # mean | max | attentive | stats
     head: str = "hf"  # hf (projector + classifier, as Wav2Vec2ForSequenceClassification) | dense_tanh
     projector_dim: int = 256
@@ -66,8 +79,8 @@ class OptimizerConfig:
 @dataclass
 class SchedulerConfig:
     name: str = "linear"  # linear | constant
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # optimizer steps of linear warm-up; when above 0, warmup_ratio is ignored
+    warmup_ratio: float = 0.0  # warm-up as a fraction of all optimizer steps; used only when warmup_steps is 0
 
 
 @dataclass
@@ -92,6 +105,9 @@ class TrainerConfig:
     num_sanity_val_steps: int = 2
     fast_dev_run: bool = False
     enable_progress_bar: bool = True
+    # Not Lightning Trainer arguments: they choose two of the callbacks it is given.
+    rich_progress: bool = True  # rich's progress bar rather than tqdm's (with enable_progress_bar)
+    model_summary_depth: int = 1
 
 
 @dataclass
@@ -105,15 +121,14 @@ class LoggerConfig:
 
 
 @dataclass
-class CallbacksConfig:
-    monitor: str = "val/uar"
+class CheckpointConfig:
+    monitor: str = "val/uar"  # the metric that picks checkpoints/best.ckpt (and early stopping's)
     mode: str = "max"
     early_stopping_patience: int | None = None  # epochs without improvement; None disables
-    rich_progress: bool = True
-    model_summary_depth: int = 1
     # also write last.ckpt every N optimizer steps, for runs that may be killed without warning
-    # (SIGTERM always saves one). Off by default: an XLSR-large checkpoint with Adam's state is ~3.8 GB.
-    checkpoint_every_n_steps: int | None = None
+    # (SIGTERM always saves one). Off by default: a large encoder's checkpoint with Adam's state
+    # takes gigabytes.
+    every_n_steps: int | None = None
 
 
 @dataclass
@@ -124,17 +139,19 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 42
     run_dir: str = "${hydra:runtime.output_dir}"
     ckpt_path: str | None = None  # resume: "last" (this run directory's), a run directory, or a .ckpt file
-    objective: str = "val/uar"  # returned to sweepers
+    # the metric returned to sweepers (its best value when checkpoint.monitor is that metric);
+    # None: checkpoint.monitor
+    objective: str | None = None
     # oneDNN's CPU convolutions while fitting. Off: they build kernels for every new input shape, and
-    # clips of every length make each batch one; on the tiny encoder that made training 2.2x slower
+    # clips of every length make each batch one, which slows training on the tiny encoder
     # (benchmarks/train.py, BENCHMARKS.md). Prediction keeps them, where they are faster.
     cpu_onednn: bool = False
-    # torch.compile the encoder while fitting. Off: on 2 CPU cores the tiny encoder's compilation
-    # took longer than it saved (benchmarks/train.py --variant compile=true, BENCHMARKS.md).
+    # torch.compile the encoder while fitting. Off: on a few CPU cores the tiny encoder's compilation
+    # takes longer than it saves (benchmarks/train.py --variant compile=true, BENCHMARKS.md).
     compile: bool = False
     test_after_fit: bool = True
 
@@ -144,3 +161,64 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore  # here, so that reading DataConfig does not import Hydra
 
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def compose(overrides: Sequence[str] = ()):
+    """The project's Hydra config with ``overrides``, outside of ``@hydra.main``."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    _check_conf_dir()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def compose_data(overrides: Sequence[str] = ()):
+    """The ``data`` config: its schema, ``conf/data/ravdess.yaml``, then ``data.KEY=VALUE`` overrides.
+
+    ``ser prepare`` takes data settings only, so it composes just those with OmegaConf rather than
+    the whole Hydra config: Hydra's import and composition would double a warm ``ser prepare``'s
+    time (BENCHMARKS.md). The schema still refuses unknown keys and wrong types.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    wrong = [o for o in overrides if not o.startswith("data.") or "=" not in o]
+    if wrong:
+        raise ConfigError(f"ser prepare takes data.KEY=VALUE overrides only, not {' '.join(wrong)}")
+    _check_conf_dir()
+    try:
+        return OmegaConf.merge(
+            OmegaConf.structured(DataConfig),
+            OmegaConf.load(CONF_DIR / "data" / "ravdess.yaml"),
+            OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]),
+        )
+    except OmegaConfBaseException as error:
+        raise ConfigError(_one_line(error)) from None
+
+
+def objective_metric(cfg: Any) -> str:
+    """The metric :func:`ser.train.train` returns to sweepers: ``objective``, else ``checkpoint.monitor``."""
+    return cfg.objective or cfg.checkpoint.monitor
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's and OmegaConf's messages spread the key and the reason over lines and causes: join them."""
+    text = " ".join(str(error).split()) or first_line(error)
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        text += ": " + _one_line(cause)
+    return text
+
+
+def _check_conf_dir() -> None:
+    if not CONF_DIR.is_dir():
+        raise ConfigError(
+            f"no config directory at {CONF_DIR}; install ser from its source tree with `pip install -e .`"
+        )

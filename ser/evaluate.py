@@ -2,7 +2,9 @@
 
     from ser.evaluate import evaluate
 
-    metrics = evaluate("outputs/.../checkpoints/best.ckpt", ["data.root=/data/ravdess", "data.split=fold", "data.fold=1"])
+    metrics = evaluate(
+        "outputs/.../checkpoints/best.ckpt", ["data.root=/data/ravdess", "data.split=fold", "data.fold=1"]
+    )
     metrics = evaluate("ehcalabres/wav2vec2-lg-xlsr-en-speech-emotion-recognition", ["data.root=/data/ravdess"])
 
 The data side (corpus, cache, split, seed) comes from the project's Hydra config and its overrides,
@@ -21,7 +23,7 @@ key, true and predicted emotion, every label's probability).
 from __future__ import annotations
 
 import csv
-import io as _io
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference import PredictError, Scorer, _progress_bar, as_scorer, score_waveforms
+from .inference import PredictError, Scorer, as_scorer, score_waveforms
+from .inference import progress_bar as _progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,7 @@ def compute_metrics(true: np.ndarray, probabilities: np.ndarray, labels: Sequenc
 
 
 def _predictions_csv(keys: Sequence[str], true: Sequence[int], probabilities: np.ndarray, labels: Sequence[str]) -> str:
-    buffer = _io.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["key", "true", "predicted", *labels])
     for key, target, row in zip(keys, true, probabilities):
@@ -130,7 +133,7 @@ def _predictions_csv(keys: Sequence[str], true: Sequence[int], probabilities: np
 def write_report(
     out_dir: str | Path, metrics: dict, keys: Sequence[str], true: Sequence[int], probabilities: np.ndarray
 ) -> dict[str, Path]:
-    """``metrics.json``, ``confusion_matrix.png``, ``per_class.png`` and ``predictions.csv``, each written atomically."""
+    """``metrics.json``, ``confusion_matrix.png``, ``per_class.png`` and ``predictions.csv``, each atomically."""
     import matplotlib.pyplot as plt
 
     from . import atomic
@@ -177,11 +180,10 @@ def evaluate(
 
     Returns the metrics (as written to ``metrics.json``) and ``out_dir``, where the files went.
     """
-    from .cli import compose
-    from .data.prepare import PrepareSettings, prepare
+    from .config import compose
+    from .data.datamodule import RavdessDataModule
     from .data.ravdess import EMOTIONS
-    from .data.splits import STAGES, make_split
-    from .train import describe_protocol
+    from .data.splits import STAGES, describe_protocol
 
     if stage not in STAGES:
         raise PredictError(f"stage {stage!r} is unknown: choose one of {', '.join(STAGES)}")
@@ -189,32 +191,27 @@ def evaluate(
     data = cfg.data
     scorer = as_scorer(model)
 
-    if data.synthesize_actors:
-        from .data.synth import synthesize_corpus
-
-        synthesize_corpus(data.root, actors=data.synthesize_actors, seed=0, progress=progress)
     # The cache holds clips as the data config prepares them; a model trained on other input (another
     # rate, no normalisation, trimmed silence) gets the corpus prepared its way (another cache entry).
     ours = (scorer.sample_rate, scorer.normalize, scorer.trim_db)
     theirs = (data.sample_rate, bool(data.normalize), data.get("trim_db"))
     if ours != theirs:
         log.info(
-            "the model expects %d Hz, normalize=%s, trim_db=%s (the data config says %d Hz, normalize=%s, trim_db=%s): "
-            "preparing the corpus the model's way",
+            "the model expects %d Hz, normalize=%s, trim_db=%s (the data config says %d Hz, normalize=%s, "
+            "trim_db=%s): preparing the corpus the model's way",
             *ours,
             *theirs,
         )
-    settings = PrepareSettings(sample_rate=scorer.sample_rate, normalize=scorer.normalize, trim_db=scorer.trim_db)
-    corpus = prepare(data.root, data.cache_dir, settings, strict=data.strict, download=data.download, progress=progress)
-    split = make_split(
-        corpus.clips,
-        data.split,
-        cfg.seed,
-        data.fold,
-        test_size=data.test_size,
-        val_actors=data.val_actors,
-        test_actors=data.test_actors,
+    datamodule = RavdessDataModule.from_config(
+        data,
+        seed=cfg.seed,
+        progress=progress,
+        sample_rate=scorer.sample_rate,
+        normalize=scorer.normalize,
+        trim_db=scorer.trim_db,
     )
+    datamodule.setup()  # the corpus (synthesised or prepared if need be) and the split, as training makes them
+    corpus, split = datamodule.corpus, datamodule.split
     indices = split[stage]
     if len(indices) == 0:
         raise PredictError(f"the {stage} part of the {split_name(data)} split is empty: evaluate another stage")

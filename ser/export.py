@@ -4,12 +4,14 @@
                                    ``transformers.pipeline("audio-classification", model=out)`` loads
                                    it without ser and gives the same probabilities
     export_onnx(checkpoint, out)   one .onnx file (waveforms, attention_mask) -> logits, with the
-                                   labels and preprocessing in its metadata; OnnxClassifier runs it
+                                   labels and preprocessing in its metadata: ``out`` itself when it
+                                   ends in ``.onnx``, else ``out/model.onnx``;
+                                   :class:`ser.onnx_runtime.OnnxClassifier` runs it
 
 Only head ``hf`` with mean pooling is transformers' ``<Model>ForSequenceClassification``; every head
 and pooling exports to ONNX. Both exports check their result against the checkpoint's PyTorch
-model before writing `out`, and write it atomically (a temporary sibling, then a rename), so `out`
-is either complete or untouched. Checkpoints are unpickled: export only checkpoints you trust.
+model before writing `out`, and write it atomically (:mod:`ser.atomic`), so `out` is either
+complete or untouched. Checkpoints are unpickled: export only checkpoints you trust.
 """
 
 from __future__ import annotations
@@ -18,28 +20,27 @@ import contextlib
 import json
 import logging
 import math
-import os
 import pickle
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .hub import score_at_true_lengths
+from .atomic import atomic_dir, atomic_file, current_umask
+from .data.batching import pad_batch
+from .errors import UserError, first_line
 from .models.classifier import SpeechClassifier, hf_config, hf_state_dict
-from .models.encoder import EncoderError, uses_group_norm
+from .models.encoder import receptive_field, uses_group_norm
+from .onnx_runtime import ONNX_FILE, OnnxClassifier, import_onnx
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4  # max abs difference of logits between the export and the checkpoint's model
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """A checkpoint that cannot be exported as asked; the message is one line saying why and what to do."""
 
 
@@ -52,14 +53,14 @@ def _load_module(checkpoint: str | Path):
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise ExportError(
-            f"checkpoint '{checkpoint}' does not exist: give a .ckpt file written by training (e.g. checkpoints/best.ckpt)"
+            f"checkpoint '{checkpoint}' does not exist: "
+            "give a .ckpt file written by training (e.g. checkpoints/best.ckpt)"
         )
     try:
         # weights_only=False: a trainer's checkpoint holds more than tensors (callback and loop states)
         module = SERModule.load_from_checkpoint(path, map_location="cpu", weights_only=False)
     except (KeyError, TypeError, RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ExportError(f"'{checkpoint}' is not a ser checkpoint ({type(err).__name__}: {first})") from None
+        raise ExportError(f"'{checkpoint}' is not a ser checkpoint ({type(err).__name__}: {first_line(err)})") from None
     return module.eval()
 
 
@@ -73,43 +74,29 @@ def _check_free(out: Path, overwrite: bool, directory: bool) -> None:
         raise ExportError(f"'{out}' already exists: choose another output or pass overwrite=True")
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Put `tmp` at `out` by renames only, so `out` is never half written."""
-    if not out.exists() and not out.is_symlink():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old, out)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
-
-
 def _test_lengths(classifier: SpeechClassifier, sample_rate: int) -> list[int]:
     """Clip lengths (samples) for checking an export: a few tenths of a second, all long enough for a frame."""
-    config = classifier.encoder.config
-    need = 1
-    for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
-        need = (need - 1) * stride + kernel
+    need = receptive_field(classifier.encoder.config)
     return [max(need + extra, int(seconds * sample_rate)) for seconds, extra in ((0.6, 9), (0.45, 5), (0.3, 1))]
 
 
-def _padded_batch(lengths: list[int], seed: int) -> tuple[Tensor, Tensor]:
-    """Random clips (B, T) float32 zero padded to the longest, and their mask (B, T) int64."""
+def _random_batch(lengths: list[int], seed: int) -> tuple[Tensor, Tensor]:
+    """Random clips of ``lengths`` zero padded to the longest: waveforms (B, T) float32, mask (B, T) int64."""
     gen = torch.Generator().manual_seed(seed)
-    total = max(lengths)
-    waveforms = torch.zeros(len(lengths), total)
-    mask = torch.zeros(len(lengths), total, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        waveforms[i, :n] = torch.randn(n, generator=gen)
-        mask[i, :n] = 1
-    return waveforms, mask
+    waveforms, mask = pad_batch([torch.randn(n, generator=gen) for n in lengths])
+    return waveforms, mask.long()
+
+
+def _give_umask_mode(folder: Path) -> None:
+    """Give the files in ``folder`` the mode the umask gives any new file.
+
+    transformers writes ``model.safetensors`` to a ``mkstemp`` file (mode 0600) and renames it, so a
+    colleague or a web server could not read the export.
+    """
+    mode = 0o666 & ~current_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 # --- Hugging Face ---------------------------------------------------------------------------------------
@@ -247,13 +234,14 @@ def _check_hf_export(module, folder: Path) -> None:
     with torch.no_grad():
         # one clip at a time, unpadded: what the pipeline feeds the model
         for i, length in enumerate(_test_lengths(module.model, module.hparams.sample_rate)[:2]):
-            waveform, mask = _padded_batch([length], seed=i)
+            waveform, mask = _random_batch([length], seed=i)
             ours = module.model(waveform, mask)
             theirs = model(input_values=waveform, attention_mask=mask if uses_mask else None).logits
             worst = max(worst, float((ours - theirs).abs().max()))
     if not math.isfinite(worst) or worst > TOLERANCE:
         raise ExportError(
-            f"the exported transformers model differs from the checkpoint (max |logit difference| {worst:.2e}): not written"
+            "the exported transformers model differs from the checkpoint "
+            f"(max |logit difference| {worst:.2e}): not written"
         )
 
 
@@ -282,17 +270,12 @@ def export_hf(checkpoint: str | Path, out: str | Path, overwrite: bool = False) 
     model.load_state_dict(hf_state_dict(module.model), strict=True)
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:  # _check_free has refused what must not be replaced
         model.save_pretrained(tmp, safe_serialization=True)
         _feature_extractor(module).save_pretrained(tmp)
         (tmp / "README.md").write_text(_model_card(module, checkpoint, out.name, config.architectures[0]))
         _check_hf_export(module, tmp)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _give_umask_mode(tmp)
     log.info("exported %s as a transformers %s to %s", checkpoint, config.architectures[0], out)
     return out
 
@@ -314,14 +297,14 @@ class _OnnxGraph(nn.Module):
         self.uses_attention_mask = not classifier.encode_clips_alone
 
     def forward(self, waveforms: Tensor, attention_mask: Tensor) -> Tensor:
-        # _pool and _classify, not forward: forward's length checks and per-length loop are Python
+        # pool and classify, not forward: forward's length checks and per-length loop are Python
         # control flow that tracing would freeze at the example's values.
         if self.uses_attention_mask:
-            pooled = self.classifier._pool(waveforms, attention_mask)
+            pooled = self.classifier.pool(waveforms, attention_mask)
         else:
             # the product keeps attention_mask an input of the graph (padding is zero anyway)
-            pooled = self.classifier._pool(waveforms * attention_mask.to(waveforms.dtype), None)
-        return self.classifier._classify(pooled)
+            pooled = self.classifier.pool(waveforms * attention_mask.to(waveforms.dtype), None)
+        return self.classifier.classify(pooled)
 
 
 @contextlib.contextmanager
@@ -370,7 +353,7 @@ def _exporters() -> list[bool]:
 
 
 def _write_metadata(path: Path, metadata: dict) -> None:
-    import onnx
+    onnx = import_onnx("onnx", ExportError)
 
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
@@ -385,7 +368,7 @@ def _onnx_difference(path: Path, classifier: SpeechClassifier, lengths_sets: lis
     worst = 0.0
     with torch.no_grad():
         for seed, lengths in enumerate(lengths_sets):
-            waveforms, mask = _padded_batch(lengths, seed=100 + seed)
+            waveforms, mask = _random_batch(lengths, seed=100 + seed)
             ours = classifier(waveforms, mask)
             theirs = session(waveforms, mask)
             worst = max(worst, float((ours - theirs).abs().max()))
@@ -393,22 +376,30 @@ def _onnx_difference(path: Path, classifier: SpeechClassifier, lengths_sets: lis
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, overwrite: bool = False) -> Path:
-    """Write `checkpoint` (a ser .ckpt) as one ONNX file `out`; returns `out`.
+    """Write `checkpoint` (a ser .ckpt) as one ONNX file; returns the file's path.
+
+    The file is `out` itself when `out` ends in ``.onnx``; otherwise `out` is a folder (as for
+    :func:`export_hf`) holding ``model.onnx``, which ``ser predict out`` loads. An existing `out` is
+    refused unless `overwrite` (an empty folder counts as absent).
 
     Inputs ``waveforms`` (B, T) float32 (as :func:`ser.data.audio.to_model_input` gives them, zero
     padded) and ``attention_mask`` (B, T) int64 (1 on real samples); output ``logits`` (B, C). Batch
     and length are dynamic. ``metadata_props`` hold JSON values: ``labels``, ``sample_rate``,
-    ``normalize``, ``uses_attention_mask`` (False for group-norm encoders: feed clips of equal
-    length, as OnnxClassifier does), ``head``, ``pooling``, ``encoder``.
+    ``normalize``, ``trim_db``, ``min_samples``, ``uses_attention_mask`` (False for group-norm
+    encoders: feed clips of equal length, as OnnxClassifier does), ``head``, ``pooling``, ``encoder``.
 
     Every head and pooling exports. The encoder's attention is switched to the eager implementation
     (plain matmuls) first. The dynamo exporter is tried when onnxscript is installed, then the
     TorchScript one; the file is written only if onnxruntime reproduces the checkpoint's logits to
     1e-4 on two padded batches of lengths other than the traced ones (ExportError otherwise).
-    Models over 2 GB (beyond XLSR-large) do not fit one ONNX protobuf.
+    Models over 2 GB (beyond XLSR-large) do not fit one ONNX protobuf. Needs the ``onnx`` extra.
     """
+    # before any work: a missing package is a one-line error
+    import_onnx("onnx", ExportError)
+    import_onnx("onnxruntime", ExportError)
     checkpoint, out = Path(checkpoint).expanduser(), Path(out).expanduser()
-    _check_free(out, overwrite, directory=False)
+    in_folder = out.suffix.lower() != ".onnx"
+    _check_free(out, overwrite, directory=in_folder)
     module = _load_module(checkpoint)
     classifier: SpeechClassifier = module.model.eval()
     # SDPA's export path differs between torch versions; eager attention is plain matmul + softmax
@@ -421,120 +412,47 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, overwr
     sample_rate = int(module.hparams.sample_rate)
     lengths = _test_lengths(classifier, sample_rate)
     # traced with padding in the batch, so the masking path is the one recorded
-    example = _padded_batch([lengths[0], lengths[1]], seed=0)
+    example = _random_batch([lengths[0], lengths[1]], seed=0)
     checks = [[lengths[2] + 7, lengths[0] - 3, lengths[2]], [lengths[1] - 1]]
+    trim_db = module.hparams.get("trim_db")
     metadata = {
         "labels": [str(label) for label in module.hparams.labels],
         "sample_rate": sample_rate,
         "normalize": bool(module.hparams.normalize),
+        "trim_db": None if trim_db is None else float(trim_db),
+        "min_samples": receptive_field(classifier.encoder.config),
         "uses_attention_mask": graph.uses_attention_mask,
         "head": classifier.head,
         "pooling": classifier.pooling_name,
         "encoder": (module.hparams.encoder_config or {}).get("_name_or_path") or None,
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=".onnx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    failures = []
-    try:
+    def export_verified(path: Path) -> str:
+        """Write the ONNX file at `path` with the first exporter whose result matches PyTorch; say which."""
+        failures = []
         for dynamo in _exporters():
             kind = "dynamo" if dynamo else "TorchScript"
             try:
                 with _quiet_export(), torch.no_grad():
-                    _torch_onnx_export(graph, example, tmp, opset, dynamo)
-                _write_metadata(tmp, metadata)
-                worst = _onnx_difference(tmp, classifier, checks)
+                    _torch_onnx_export(graph, example, path, opset, dynamo)
+                _write_metadata(path, metadata)
+                worst = _onnx_difference(path, classifier, checks)
             except Exception as err:  # noqa: BLE001 - any exporter failure means: try the next one
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                failures.append(f"{kind} exporter failed ({type(err).__name__}: {first[:200]})")
-                log.info("ONNX export with the %s exporter failed: %s", kind, first)
+                failures.append(f"{kind} exporter failed ({type(err).__name__}: {first_line(err)[:200]})")
+                log.info("ONNX export with the %s exporter failed: %s", kind, first_line(err))
                 continue
             if math.isfinite(worst) and worst <= TOLERANCE:
-                _replace(tmp, out)
-                log.info("exported %s to %s (%s exporter, max |logit difference| %.1e)", checkpoint, out, kind, worst)
-                return out
+                return f"{kind} exporter, max |logit difference| {worst:.1e}"
             failures.append(f"{kind} export differs from PyTorch by {worst:.2e}")
         raise ExportError(f"ONNX export of '{checkpoint}' failed: {'; '.join(failures)}")
-    finally:
-        tmp.unlink(missing_ok=True)
 
-
-class OnnxClassifier(nn.Module):
-    """A ser ONNX export run with onnxruntime, with HFClassifier's interface.
-
-    Attributes ``labels``, ``sample_rate``, ``normalize``, ``uses_attention_mask`` come from the
-    file's metadata. ``forward(waveforms (B, T), attention_mask (B, T) bool/int | None) -> logits
-    (B, C)`` float32 tensor on the waveforms' device; waveforms as :func:`ser.data.audio.to_model_input`
-    gives them, zero padded. When the model takes no mask (group-norm encoders) clips are scored
-    at their true lengths, clips of equal length together.
-    """
-
-    def __init__(self, path: str | Path, providers: list[str] | None = None):
-        super().__init__()
-        import onnxruntime as ort
-
-        self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise EncoderError(f"ONNX file '{path}' does not exist: give a file written by export_onnx")
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise EncoderError(f"'{path}' is not a readable ONNX model: {first[:200]}") from None
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        try:
-            values = {key: json.loads(metadata[key]) for key in ("labels", "sample_rate", "normalize")}
-        except (KeyError, ValueError):
-            raise EncoderError(
-                f"'{path}' has no ser metadata (labels, sample_rate, normalize): export it with export_onnx"
-            ) from None
-        self.labels = [str(label) for label in values["labels"]]
-        self.sample_rate = int(values["sample_rate"])
-        self.normalize = bool(values["normalize"])
-        self.uses_attention_mask = bool(json.loads(metadata.get("uses_attention_mask", "true")))
-        self.metadata = {key: json.loads(value) for key, value in metadata.items()}
-        self._input_names = [i.name for i in self.session.get_inputs()]
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
-
-    def _run(self, waveforms: np.ndarray, mask: np.ndarray) -> Tensor:
-        feeds = {"waveforms": waveforms, "attention_mask": mask}
-        (logits,) = self.session.run(["logits"], {k: v for k, v in feeds.items() if k in self._input_names})
-        return torch.from_numpy(logits)
-
-    def forward(self, waveforms: Tensor | np.ndarray, attention_mask: Tensor | np.ndarray | None = None) -> Tensor:
-        """Logits (B, C) float32 for waveforms (B, T), attention_mask (B, T) or None (every sample real)."""
-        waveforms = torch.as_tensor(waveforms)
-        device = waveforms.device
-        if waveforms.dim() != 2:
-            raise ValueError(f"waveforms have shape {tuple(waveforms.shape)}: give a batch of mono clips, (B, T)")
-        if attention_mask is not None:
-            attention_mask = torch.as_tensor(attention_mask)
-            if attention_mask.shape != waveforms.shape:
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)} but waveforms have {tuple(waveforms.shape)}: "
-                    "give one flag per sample"
-                )
-        x = waveforms.detach().to("cpu", torch.float32)
-        mask = None if attention_mask is None else attention_mask.detach().to("cpu", torch.long)
-
-        def run(clips: Tensor, clip_mask: Tensor | None = None) -> Tensor:
-            if clip_mask is None:
-                clip_mask = torch.ones(clips.shape, dtype=torch.long)
-            return self._run(np.ascontiguousarray(clips.numpy()), np.ascontiguousarray(clip_mask.numpy()))
-
-        if self.uses_attention_mask:
-            logits = run(x, mask)
-        else:
-            logits = score_at_true_lengths(run, x, mask)
-        return logits.to(device)
-
-    def extra_repr(self) -> str:
-        return f"path='{self.path}', labels={self.labels}, sample_rate={self.sample_rate}, normalize={self.normalize}"
+    if in_folder:
+        with atomic_dir(out, overwrite=True) as tmp:  # _check_free has refused what must not be replaced
+            how = export_verified(tmp / ONNX_FILE)
+        target = out / ONNX_FILE
+    else:
+        with atomic_file(out) as tmp:
+            how = export_verified(tmp)
+        target = out
+    log.info("exported %s to %s (%s)", checkpoint, target, how)
+    return target

@@ -13,7 +13,7 @@ be the checkpoint's: :func:`architecture_of` gives the ``SERModule`` arguments t
 
     init_from = model.pop("init_from")
     if init_from:
-        model.update(architecture_of(init_from, model))   # encoder=init_from, pretrained=False, head, pooling, sizes
+        model.update(architecture_of(init_from, model))   # the checkpoint's encoder, head, pooling and sizes
     module = SERModule(**model, ...)
     if init_from:
         init_from_pretrained(module, init_from)    # every weight, labels mapped by name
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -31,8 +31,10 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES
 
-from .models.classifier import SpeechClassifier, check_batch, load_hf_state_dict
-from .models.encoder import AUDIO_MODEL_TYPES, EncoderError
+from .errors import first_line
+from .models.classifier import SpeechClassifier, apply_at_true_lengths, check_batch, load_hf_state_dict
+from .models.encoder import AUDIO_MODEL_TYPES, EncoderError, is_local_path, not_loadable, receptive_field
+from .scoring import evaluating, module_logits
 
 log = logging.getLogger(__name__)
 
@@ -89,39 +91,12 @@ ARCHITECTURE_FIELDS = (
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _is_local(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or Path(name).expanduser().exists()
-
-
-def _not_loadable(name: str, err: BaseException, what: str = "model") -> EncoderError:
-    path = Path(name).expanduser()
-    if _is_local(name):
-        if not path.exists():
-            return EncoderError(
-                f"{what} directory '{name}' does not exist: give a Hugging Face model name or an existing directory"
-            )
-        if path.is_dir() and not (path / "config.json").is_file():
-            return EncoderError(
-                f"{what} directory '{name}' has no config.json: give a directory written by save_pretrained"
-            )
-        return EncoderError(f"could not load {what} '{name}': {_first_line(err)}")
-    return EncoderError(
-        f"{what} '{name}' is not in the Hugging Face cache and could not be downloaded: "
-        "connect once to download it, or give a local directory written by save_pretrained"
-    )
-
-
 def _classifier_config(name_or_path: str) -> PretrainedConfig:
     """The config of an audio-classification checkpoint of the wav2vec2 family, or a one-line EncoderError."""
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:  # ValueError: a malformed name, or a config.json transformers cannot read
-        raise _not_loadable(name_or_path, err) from None
+        raise not_loadable(name_or_path, err) from None
     model_type = getattr(config, "model_type", None)
     if model_type not in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
         raise EncoderError(f"'{name_or_path}' is a {model_type} model, not an audio classification model")
@@ -141,9 +116,9 @@ def _load_classification_model(name_or_path: str, config: PretrainedConfig) -> n
             name_or_path, config=config, dtype=torch.float32, output_loading_info=True
         )
     except OSError as err:  # config cached but weights not, or no weights file in the directory
-        raise _not_loadable(name_or_path, err) from None
+        raise not_loadable(name_or_path, err) from None
     except RuntimeError as err:  # weights that do not fit the config
-        raise EncoderError(f"the weights of '{name_or_path}' do not fit its config: {_first_line(err)}") from None
+        raise EncoderError(f"the weights of '{name_or_path}' do not fit its config: {first_line(err)}") from None
     # masked_spec_embed exists only when masking is on, so a checkpoint saved without it may lack it
     missing = sorted(k for k in info["missing_keys"] if not k.endswith("masked_spec_embed"))
     if missing:
@@ -151,10 +126,12 @@ def _load_classification_model(name_or_path: str, config: PretrainedConfig) -> n
         head = [k for k in missing if k.split(".")[0] in ("classifier", "projector")]
         if head:
             raise EncoderError(
-                f"'{name_or_path}' has no classification head ({architectures}): it is not an audio classification model"
+                f"'{name_or_path}' has no classification head ({architectures}): "
+                "it is not an audio classification model"
             )
         raise EncoderError(
-            f"'{name_or_path}' lacks {len(missing)} weights (e.g. {missing[0]}): it is not a complete {config.model_type} classifier"
+            f"'{name_or_path}' lacks {len(missing)} weights (e.g. {missing[0]}): "
+            f"it is not a complete {config.model_type} classifier"
         )
     return model.float().eval()
 
@@ -166,38 +143,16 @@ def checkpoint_labels(config: PretrainedConfig) -> list[str]:
     return [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
 
-def score_at_true_lengths(
-    score: Callable[[Tensor], Tensor], waveforms: Tensor, attention_mask: Tensor | None
-) -> Tensor:
-    """Logits (B, C) of `score` on each clip at its true length, for models that take no attention mask.
-
-    `waveforms` (B, T) are zero padded after each clip, `attention_mask` (B, T) marks the real samples.
-    Clips of equal length share one call, so a batch of equal lengths is a single call.
-    """
-    if attention_mask is None:
-        return score(waveforms)
-    lengths = attention_mask.long().sum(dim=-1)
-    if bool((lengths == waveforms.shape[1]).all()):
-        return score(waveforms)
-    logits = None
-    for length in torch.unique(lengths).tolist():
-        rows = (lengths == length).nonzero(as_tuple=True)[0]
-        part = score(waveforms[rows, :length])
-        if logits is None:
-            logits = part.new_empty(waveforms.shape[0], part.shape[1])
-        logits = logits.index_copy(0, rows.to(part.device), part)
-    return logits
-
-
 # --- scoring with a published classifier -------------------------------------------------------------
 
 
 class HFClassifier(nn.Module):
-    """A transformers audio-classification model as ser scores with it: waveforms (B, T) -> logits (B, C).
+    """A transformers audio-classification model as ser scores with it: a :class:`ser.scoring.Scorer`.
 
     Attributes: ``labels`` (from ``config.id2label``, in class order), ``sample_rate``, ``normalize``
     (the feature extractor's ``do_normalize``), ``uses_attention_mask`` (its ``return_attention_mask``),
-    ``model`` (the transformers model), ``feature_extractor``.
+    ``trim_db`` (None: transformers trims nothing), ``min_samples`` (the CNN's receptive field),
+    ``name``, ``model`` (the transformers model), ``feature_extractor``.
 
     ``forward`` takes what the feature extractor would hand the model: clips at ``sample_rate``,
     normalised per clip if ``normalize`` (as :func:`ser.data.audio.to_model_input` does), zero padded
@@ -220,6 +175,9 @@ class HFClassifier(nn.Module):
         self.sample_rate = int(feature_extractor.sampling_rate)
         self.normalize = bool(getattr(feature_extractor, "do_normalize", False))
         self.uses_attention_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
+        self.trim_db = None
+        self.min_samples = receptive_field(model.config)
+        self.name = str(name_or_path or "model").rstrip("/").split("/")[-1]
 
     @property
     def num_labels(self) -> int:
@@ -233,22 +191,33 @@ class HFClassifier(nn.Module):
             # transformers' feature extractor hands over an integer mask; the model wants it that way
             mask = None if attention_mask is None else attention_mask.long()
             return self.model(input_values=waveforms, attention_mask=mask).logits.float()
-        return score_at_true_lengths(lambda x: self.model(input_values=x).logits.float(), waveforms, attention_mask)
+        return apply_at_true_lengths(lambda x: self.model(input_values=x).logits.float(), waveforms, attention_mask)
+
+    def logits(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, C) float32 on the CPU, the inputs moved to the model's device; see :class:`ser.scoring.Scorer`."""
+        return module_logits(self, waveforms, attention_mask)
+
+    def inference(self):
+        """Eval mode and no autograd for the duration."""
+        return evaluating(self)
 
     def extra_repr(self) -> str:
-        return f"name_or_path={self.name_or_path!r}, labels={self.labels}, sample_rate={self.sample_rate}, normalize={self.normalize}"
+        return (
+            f"name_or_path={self.name_or_path!r}, labels={self.labels}, sample_rate={self.sample_rate}, "
+            f"normalize={self.normalize}"
+        )
 
 
 def _feature_extractor(name_or_path: str):
     try:
         return AutoFeatureExtractor.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        if _is_local(name_or_path) and Path(name_or_path).expanduser().is_dir():
+        if is_local_path(name_or_path) and Path(name_or_path).expanduser().is_dir():
             raise EncoderError(
                 f"'{name_or_path}' has no preprocessor_config.json: save the model's feature extractor there too "
                 "(Wav2Vec2FeatureExtractor.save_pretrained)"
             ) from None
-        raise _not_loadable(name_or_path, err, what="feature extractor of") from None
+        raise not_loadable(name_or_path, err, what="feature extractor of") from None
 
 
 def load_hf_classifier(name_or_path: str | Path) -> HFClassifier:
@@ -292,14 +261,22 @@ def _plain(value):
     return list(value) if isinstance(value, (list, tuple)) else value
 
 
+def _training_setting(key: str) -> bool:
+    """Whether an encoder config field only shapes training (dropouts, masking), not the layers."""
+    return "dropout" in key or key.startswith("mask_") or key in ("layerdrop", "apply_spec_augment")
+
+
 def architecture_of(name_or_path: str | Path, current: Mapping | None = None) -> dict:
     """``SERModule`` arguments that give the architecture of a published classifier.
 
-    ``encoder`` = `name_or_path` (its config, with ``model.encoder_config`` still applied on top for
-    dropouts and masking), ``pretrained=False`` (:func:`init_from_pretrained` loads every weight
-    afterwards, so nothing is read twice), ``head="hf"``, ``pooling="mean"``, and the checkpoint's
-    ``projector_dim`` (``classifier_proj_size``) and ``use_weighted_layer_sum``.
-    With `current` (the model arguments as configured), the values it replaces are logged.
+    ``encoder`` = `name_or_path` (its config), ``pretrained=False`` (:func:`init_from_pretrained`
+    loads every weight afterwards, so nothing is read twice), ``head="hf"``, ``pooling="mean"``, and
+    the checkpoint's ``projector_dim`` (``classifier_proj_size``) and ``use_weighted_layer_sum``.
+
+    With `current` (the model arguments as configured) its ``encoder_config`` is kept for the
+    training settings only (dropouts, SpecAugment masking, layerdrop): fields that give the layers'
+    shape (``conv_dim``, ``hidden_size``, ...) would contradict the checkpoint's. What the checkpoint
+    overrides is named in one warning line.
     """
     name_or_path = str(name_or_path)
     config = _classifier_config(name_or_path)
@@ -311,14 +288,23 @@ def architecture_of(name_or_path: str | Path, current: Mapping | None = None) ->
         "projector_dim": int(config.classifier_proj_size),
         "use_weighted_layer_sum": bool(getattr(config, "use_weighted_layer_sum", False)),
     }
-    if current is not None:
-        replaced = [
-            f"model.{key}={current[key]}"
-            for key, value in arguments.items()
-            if key in current and key != "pretrained" and current[key] != value
-        ]
-        if replaced:
-            log.info("model.init_from=%s decides the architecture; replacing %s", name_or_path, ", ".join(replaced))
+    if current is None:
+        return arguments
+    replaced = [
+        f"model.{key}={current[key]}"
+        for key, value in arguments.items()
+        if key != "pretrained" and current.get(key) is not None and current[key] != value
+    ]
+    encoder_config = current.get("encoder_config")
+    ignored = []
+    if encoder_config is not None:
+        arguments["encoder_config"] = {k: v for k, v in encoder_config.items() if _training_setting(k)}
+        ignored = [k for k in encoder_config if not _training_setting(k)]
+    changes = ([f"replacing {', '.join(replaced)}"] if replaced else []) + (
+        [f"ignoring model.encoder_config's {', '.join(ignored)}"] if ignored else []
+    )
+    if changes:
+        log.warning("model.init_from=%s decides the architecture; %s", name_or_path, "; ".join(changes))
     return arguments
 
 
@@ -345,7 +331,8 @@ def _check_architecture(classifier: SpeechClassifier, config: PretrainedConfig, 
     weighted = bool(getattr(config, "use_weighted_layer_sum", False))
     if classifier.use_weighted_layer_sum != weighted:
         raise EncoderError(
-            f"model.init_from '{name}' has use_weighted_layer_sum={weighted}: set model.use_weighted_layer_sum={str(weighted).lower()}"
+            f"model.init_from '{name}' has use_weighted_layer_sum={weighted}: "
+            f"set model.use_weighted_layer_sum={str(weighted).lower()}"
         )
 
 
@@ -415,7 +402,8 @@ def init_from_pretrained(module, name_or_path: str | Path) -> None:
     if missing or unexpected:
         key = (missing or unexpected)[0]
         raise EncoderError(
-            f"'{name}' does not fit the model ({len(missing)} weights missing, {len(unexpected)} unexpected, e.g. {key}): "
+            f"'{name}' does not fit the model "
+            f"({len(missing)} weights missing, {len(unexpected)} unexpected, e.g. {key}): "
             f"set model.encoder={name} so the architectures agree"
         )
 
@@ -423,7 +411,8 @@ def init_from_pretrained(module, name_or_path: str | Path) -> None:
     unused = sorted(set(range(len(source))) - {i for i in mapping if i is not None})
     if unmatched:
         log.warning(
-            "model.init_from '%s' has no class for %s (its labels: %s): those rows of the classifier start from a fresh initialisation",
+            "model.init_from '%s' has no class for %s (its labels: %s): "
+            "those rows of the classifier start from a fresh initialisation",
             name,
             ", ".join(unmatched),
             ", ".join(source),

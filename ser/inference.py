@@ -6,10 +6,12 @@
     for p in predict(model, ["clips/", "more/*.flac", "one.wav"]):
         print(p.path, p.label, p.probability) if p.error is None else print(p.path, p.error)
 
-A model is wrapped in a :class:`Scorer`, which says what its inputs must be (``sample_rate``,
-``normalize``, ``trim_db``), what its outputs mean (``labels``) and whether it takes an attention mask. Files are
-decoded, mixed to mono, resampled, trimmed of silence and normalised exactly as the training cache does
-(:mod:`ser.data.audio`), so a clip gets the scores it would get in evaluation.
+A model is a :class:`~ser.scoring.Scorer`: a checkpoint (:class:`CheckpointClassifier`), a Hugging
+Face model (:class:`ser.hub.HFClassifier`) or an ONNX export (:class:`ser.onnx_runtime.OnnxClassifier`).
+It says what its inputs must be (``sample_rate``, ``normalize``, ``trim_db``), what its outputs mean
+(``labels``) and whether it takes an attention mask. Files are decoded, mixed to mono, resampled,
+trimmed of silence and normalised exactly as the training cache does (:mod:`ser.data.audio`), so a
+clip gets the scores it would get in evaluation.
 
 Clips longer than a window are scored in overlapping windows whose probabilities are averaged; the
 windows are cut from the clip after it is normalised as a whole, as training crops were cut from
@@ -25,174 +27,80 @@ from __future__ import annotations
 import contextlib
 import glob
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .data import audio
+from .data.audio import AUDIO_SUFFIXES
+from .data.batching import pad_batch
+from .errors import UserError, first_line
+from .scoring import Scorer, evaluating, module_logits
 
-# What soundfile (libsndfile >= 1.1) reads; directories and globs are searched for these.
-AUDIO_SUFFIXES = (
-    ".wav",
-    ".flac",
-    ".ogg",
-    ".oga",
-    ".opus",
-    ".mp3",
-    ".aiff",
-    ".aif",
-    ".aifc",
-    ".au",
-    ".caf",
-    ".w64",
-    ".rf64",
-)
 # Files decoded and scored at a time: bounds memory on large directories, and is still enough
 # clips for batches of similar lengths.
 FILES_PER_CHUNK = 256
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
     """A model or an option that prediction cannot use; the message is one line saying what to do."""
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+class CheckpointClassifier:
+    """A model trained by this project (a ``SERModule``, e.g. from a ``.ckpt``) as a :class:`Scorer`.
 
-
-def _min_samples(config: Any) -> int:
-    """Samples the CNN feature encoder needs for one frame (its receptive field); 1 if unknown."""
-    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
-    if not kernels or not strides:
-        return 1
-    need = 1
-    for kernel, stride in zip(reversed(list(kernels)), reversed(list(strides))):
-        need = (need - 1) * stride + kernel
-    return need
-
-
-def _find_config(model: Any) -> Any:
-    """The transformers config of the encoder inside a model of any of the supported kinds, or None."""
-    for path in (("model", "encoder", "config"), ("encoder", "config"), ("config",), ("model", "config")):
-        obj = model
-        for name in path:
-            obj = getattr(obj, name, None)
-            if obj is None:
-                break
-        if obj is not None and hasattr(obj, "conv_kernel"):
-            return obj
-    return None
-
-
-class Scorer:
-    """A model to score waveforms with, and what its inputs and outputs are.
-
-    ``logits(waveforms (B, T) float32, attention_mask (B, T) bool | None) -> (B, C)`` float32 on the
-    CPU, C = ``len(labels)``; waveforms are at ``sample_rate``, cut of leading and trailing silence
-    when ``trim_db`` is set (as in training, see :func:`ser.data.audio.trim_silence`) and, when
-    ``normalize``, zero mean and unit variance per clip. With ``uses_attention_mask`` False the model must only get batches of
-    equal-length clips (padding would change its results), and gets no mask.
-
-    ``model`` is what was wrapped (a ``SERModule``, an ``HFClassifier``, an ``OnnxClassifier``);
-    ``min_samples`` is the shortest clip it can score.
+    What its inputs must be comes from the module's hyperparameters, which training sets from the
+    data config. It takes the attention mask: its classifier encodes the clips of a group-norm
+    encoder at their true lengths itself. ``module`` is the wrapped ``SERModule``.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        labels: Sequence[str],
-        sample_rate: int,
-        normalize: bool,
-        uses_attention_mask: bool,
-        forward: Callable[[Tensor, Tensor | None], Any] | None = None,
-        name: str = "model",
-        min_samples: int | None = None,
-        trim_db: float | None = None,
-    ):
-        self.model = model
-        self.labels = [str(label) for label in labels]
-        self.sample_rate = int(sample_rate)
-        self.normalize = bool(normalize)
-        self.uses_attention_mask = bool(uses_attention_mask)
-        self.trim_db = None if trim_db is None else float(trim_db)
-        self.name = name
-        self._forward = forward if forward is not None else model
-        self.min_samples = min_samples if min_samples is not None else _min_samples(_find_config(model))
+    uses_attention_mask = True
 
-    @property
-    def device(self) -> torch.device:
-        """Where inputs go: the device of the model's parameters (CPU for ONNX)."""
-        if isinstance(self.model, nn.Module):
-            for param in self.model.parameters():
-                return param.device
-        return torch.device("cpu")
+    def __init__(self, module: Any, name: str | None = None):
+        from .models.encoder import receptive_field
+
+        hparams = module.hparams
+        self.module = module
+        self.name = name or type(module).__name__
+        self.labels = [str(label) for label in hparams["labels"]]
+        self.sample_rate = int(hparams.get("sample_rate", audio.SAMPLE_RATE))
+        self.normalize = bool(hparams.get("normalize", True))
+        trim_db = hparams.get("trim_db")  # absent from checkpoints older than silence trimming
+        self.trim_db = None if trim_db is None else float(trim_db)
+        self.min_samples = receptive_field(module.model.encoder.config)
 
     def logits(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits (B, C) float32 on the CPU for waveforms (B, T), attention_mask (B, T) bool or None."""
-        device = self.device
-        if isinstance(self.model, nn.Module):
-            waveforms = waveforms.to(device)
-            attention_mask = None if attention_mask is None else attention_mask.to(device)
-        logits = self._forward(waveforms, attention_mask)
-        logits = logits if isinstance(logits, Tensor) else torch.as_tensor(np.asarray(logits))
-        return logits.detach().float().cpu()
+        """Logits (B, C) float32 on the CPU, the inputs moved to the module's device."""
+        return module_logits(self.module, waveforms, attention_mask)
 
-    @contextlib.contextmanager
-    def inference(self) -> Iterator[None]:
+    def inference(self) -> contextlib.AbstractContextManager[None]:
         """Eval mode and ``torch.inference_mode`` for the duration; the module's mode is restored after."""
-        training = isinstance(self.model, nn.Module) and self.model.training
-        if training:
-            self.model.eval()
-        try:
-            with torch.inference_mode():
-                yield
-        finally:
-            if training:
-                self.model.train()
+        return evaluating(self.module)
 
     def __repr__(self) -> str:
         return (
-            f"Scorer({self.name!r}, {len(self.labels)} labels, {self.sample_rate} Hz, normalize={self.normalize}, "
-            f"trim_db={self.trim_db}, uses_attention_mask={self.uses_attention_mask})"
+            f"CheckpointClassifier({self.name!r}, {len(self.labels)} labels, {self.sample_rate} Hz, "
+            f"normalize={self.normalize}, trim_db={self.trim_db})"
         )
 
 
-def as_scorer(model: Any, name: str | None = None) -> Scorer:
-    """Wrap a ``SERModule``, ``HFClassifier`` or ``OnnxClassifier`` (or load a path/name, see :func:`load_model`)."""
-    if isinstance(model, Scorer):
-        return model
+def as_scorer(model: Any) -> Scorer:
+    """A :class:`Scorer` for MODEL: a Scorer itself, a ``SERModule``, or a path or name (see :func:`load_model`)."""
     if isinstance(model, (str, Path)):
         return load_model(model)
+    if isinstance(model, Scorer):
+        return model
     hparams = getattr(model, "hparams", None)
     if hparams is not None and "labels" in hparams:  # SERModule
-        # Its classifier takes the mask and encodes group-norm clips at their true length itself.
-        return Scorer(
-            model,
-            labels=hparams["labels"],
-            sample_rate=hparams.get("sample_rate", audio.SAMPLE_RATE),
-            normalize=hparams.get("normalize", True),
-            trim_db=hparams.get("trim_db"),  # absent from checkpoints older than silence trimming
-            uses_attention_mask=True,
-            name=name or type(model).__name__,
-        )
-    if all(hasattr(model, attr) for attr in ("labels", "sample_rate", "normalize", "uses_attention_mask")):
-        return Scorer(
-            model,
-            labels=model.labels,
-            sample_rate=model.sample_rate,
-            normalize=model.normalize,
-            uses_attention_mask=model.uses_attention_mask,
-            trim_db=getattr(model, "trim_db", None),
-            name=name or type(model).__name__,
-        )
+        return CheckpointClassifier(model)
     raise PredictError(
-        f"cannot score with a {type(model).__name__}: give a SERModule, a Scorer, or a path to a .ckpt, .onnx or Hugging Face model"
+        f"cannot score with a {type(model).__name__}: give a SERModule, a Scorer, "
+        "or a path to a .ckpt, .onnx or Hugging Face model"
     )
 
 
@@ -206,15 +114,15 @@ def _checkpoint_name(path: Path) -> str:
 def load_model(model: str | Path, device: str | torch.device | None = None) -> Scorer:
     """A :class:`Scorer` for MODEL, in eval mode.
 
-    MODEL is a Lightning checkpoint of this project (``.ckpt``), an ONNX file (``.onnx``, from
-    ``ser export --format onnx``), or a Hugging Face audio-classification model: a directory written
-    by ``save_pretrained`` or a Hub name. ``device`` (e.g. ``"cuda"``) moves a torch model there;
-    an ONNX model runs where onnxruntime puts it (CUDA when its GPU build is installed).
+    MODEL is a Lightning checkpoint of this project (``.ckpt``), an ONNX export (a ``.onnx`` file, or
+    a folder holding ``model.onnx``, from ``ser export --format onnx``), or a Hugging Face
+    audio-classification model: a directory written by ``save_pretrained`` or a Hub name. ``device``
+    (e.g. ``"cuda"``) moves a torch model there; an ONNX model runs where onnxruntime puts it (CUDA
+    when its GPU build is installed).
     """
     text = str(model)
     path = Path(text).expanduser()
-    suffix = path.suffix.lower()
-    if suffix == ".ckpt":
+    if path.suffix.lower() == ".ckpt":
         if not path.is_file():
             raise PredictError(
                 f"checkpoint {text} does not exist: give the path of a .ckpt file, e.g. <run>/checkpoints/best.ckpt"
@@ -227,34 +135,32 @@ def load_model(model: str | Path, device: str | torch.device | None = None) -> S
             module = SERModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except Exception as error:  # pickle, zip and key errors alike: a file that is not our checkpoint
             raise PredictError(
-                f"cannot load checkpoint {text} ({_first_line(error)}): give a checkpoint written by `python train.py`"
+                f"cannot load checkpoint {text} ({first_line(error)}): give a checkpoint written by `python train.py`"
             ) from None
         module.eval()
         if device is not None:
             module.to(device)
-        return as_scorer(module, name=_checkpoint_name(path))
-    if suffix == ".onnx":
-        if not path.is_file():
+        return CheckpointClassifier(module, name=_checkpoint_name(path))
+    # imported here, not above: transformers loads only when a model is loaded
+    from .onnx_runtime import OnnxClassifier, onnx_file
+
+    onnx = onnx_file(path)
+    if onnx is not None:
+        if not onnx.is_file():
             raise PredictError(
                 f"ONNX model {text} does not exist: write one with `ser export CKPT OUT.onnx --format onnx`"
             )
-        from .export import OnnxClassifier
-
-        return as_scorer(OnnxClassifier(path), name=path.stem)
+        return OnnxClassifier(onnx)
     if path.is_file():
         raise PredictError(f"{text} is neither a .ckpt checkpoint, an .onnx file nor a Hugging Face model directory")
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise PredictError(
-            f"directory {text} has no config.json: give a directory written by save_pretrained (or `ser export`)"
-        )
     from .hub import load_hf_classifier
 
+    # a one-line EncoderError when it is neither a local directory nor a Hub name that can be loaded
     classifier = load_hf_classifier(str(path) if path.is_dir() else text)
-    if isinstance(classifier, nn.Module):
-        classifier.eval()
-        if device is not None:
-            classifier.to(device)
-    return as_scorer(classifier, name=path.name if path.is_dir() else text.rstrip("/").split("/")[-1])
+    classifier.eval()
+    if device is not None:
+        classifier.to(device)
+    return classifier
 
 
 # --- scoring waveforms ------------------------------------------------------------------------
@@ -279,21 +185,13 @@ def plan_batches(lengths: Sequence[int], batch_size: int, equal_lengths: bool) -
     return batches
 
 
-def _pad(waveforms: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
-    """Zero-padded waveforms (B, T) float32 and attention mask (B, T) bool, True on real samples."""
-    lengths = torch.tensor([len(w) for w in waveforms])
-    batch = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
-    for row, waveform in enumerate(waveforms):  # copies out of read-only memory maps, too
-        batch[row, : len(waveform)] = waveform
-    return torch.from_numpy(batch), torch.arange(batch.shape[1]) < lengths[:, None]
-
-
 def _score_batch(scorer: Scorer, waveforms: Sequence[np.ndarray]) -> Tensor:
-    batch, mask = _pad(waveforms)
+    batch, mask = pad_batch(waveforms)
     logits = scorer.logits(batch, mask if scorer.uses_attention_mask else None)
     if logits.shape != (len(waveforms), len(scorer.labels)):
         raise RuntimeError(
-            f"the model gave logits of shape {tuple(logits.shape)} for {len(waveforms)} clips and {len(scorer.labels)} labels"
+            f"the model gave logits of shape {tuple(logits.shape)} for {len(waveforms)} clips "
+            f"and {len(scorer.labels)} labels"
         )
     return logits.softmax(dim=-1)
 
@@ -316,7 +214,8 @@ def score_waveforms(
     for i, length in enumerate(lengths):
         if length < scorer.min_samples:
             errors[i] = (
-                f"too short: {length / scorer.sample_rate:.3f} s, the model needs at least {scorer.min_samples / scorer.sample_rate:.3f} s"
+                f"too short: {length / scorer.sample_rate:.3f} s, "
+                f"the model needs at least {scorer.min_samples / scorer.sample_rate:.3f} s"
             )
     usable = [i for i in range(len(waveforms)) if errors[i] is None]
     for batch in plan_batches([lengths[i] for i in usable], batch_size, equal_lengths=not scorer.uses_attention_mask):
@@ -333,7 +232,7 @@ def score_waveforms(
                 except torch.OutOfMemoryError:
                     raise
                 except Exception as alone:  # noqa: BLE001
-                    errors[i] = f"the model failed on it: {_first_line(alone if len(items) > 1 else error)}"
+                    errors[i] = f"the model failed on it: {first_line(alone if len(items) > 1 else error)}"
         if on_batch is not None:
             on_batch(len(items))
     return probabilities, errors
@@ -469,7 +368,7 @@ def predict(
     predictions = [Prediction(path=path, error=reason) for path, reason in entries]
     todo = [i for i, (_, reason) in enumerate(entries) if reason is None]
 
-    with _progress_bar(progress) as bar, scorer.inference():
+    with progress_bar(progress) as bar, scorer.inference():
         task = bar.add_task("Scoring", total=0) if bar is not None else None
         for start in range(0, len(todo), FILES_PER_CHUNK):
             chunk = todo[start : start + FILES_PER_CHUNK]
@@ -482,7 +381,7 @@ def predict(
                     predictions[i].error = str(error)
                     continue
                 except OSError as error:
-                    predictions[i].error = f"cannot be read ({error.strerror or _first_line(error)})"
+                    predictions[i].error = f"cannot be read ({error.strerror or first_line(error)})"
                     continue
                 for lo, hi in window_bounds(len(waveform), window, hop):
                     pieces.append(waveform[lo:hi])
@@ -516,7 +415,7 @@ def _fill(
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool):
+def progress_bar(enabled: bool):
     """A rich progress bar on stderr (stdout may carry JSON lines), or None."""
     if not enabled:
         yield None
@@ -537,6 +436,7 @@ def _progress_bar(enabled: bool):
 
 __all__ = [
     "AUDIO_SUFFIXES",
+    "CheckpointClassifier",
     "Prediction",
     "PredictError",
     "Scorer",
@@ -545,6 +445,7 @@ __all__ = [
     "load_model",
     "plan_batches",
     "predict",
+    "progress_bar",
     "score_waveforms",
     "window_bounds",
 ]

@@ -30,11 +30,16 @@ from torchmetrics import ConfusionMatrix, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from .data.ravdess import EMOTIONS
+from .errors import UserError
 from .models.classifier import SpeechClassifier
 from .models.encoder import build_encoder, load_encoder_config
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("linear", "constant")
+
+
+class DivergedError(UserError, FloatingPointError):
+    """The training loss stopped being a finite number; the message says which setting to lower."""
 
 
 class SERModule(pl.LightningModule):
@@ -162,8 +167,9 @@ class SERModule(pl.LightningModule):
         loss, logits = self._shared_step(batch)
         if not torch.isfinite(loss):
             # Adam would turn one NaN gradient into NaN weights for good: stop while the cause is clear.
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
+            raise DivergedError(
+                f"loss became {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); "
                 "lower optimizer.lr, or use trainer.precision=32 if training in 16-bit"
             )
         self.train_metrics.update(logits.argmax(dim=-1), batch["labels"])
@@ -287,7 +293,8 @@ class SERModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
 
     def _schedule_needs_step_count(self) -> bool:
-        """Linear decay and ``warmup_ratio`` are fractions of the whole run; a constant schedule and ``warmup_steps`` are not."""
+        """Linear decay and ``warmup_ratio`` are fractions of the whole run; a constant schedule and
+        ``warmup_steps`` are not."""
         return self.hparams.scheduler == "linear" or self.hparams.warmup_ratio > 0
 
     def _lr_factor_function(self):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +26,15 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from .atomic import atomic_file
+from .errors import UserError
+
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """``ckpt_path`` names nothing that can be resumed."""
 
 
@@ -59,7 +61,8 @@ def resolve_checkpoint(ckpt_path: str | None, run_dir: Path) -> tuple[Path | Non
         checkpoint = path / LAST_CHECKPOINT
         if not checkpoint.is_file():
             raise ResumeError(
-                f"ckpt_path={ckpt_path} is a directory without {LAST_CHECKPOINT}: point it at a run directory or a .ckpt file"
+                f"ckpt_path={ckpt_path} is a directory without {LAST_CHECKPOINT}: "
+                "point it at a run directory or a .ckpt file"
             )
         return checkpoint, path
     if not path.is_file():
@@ -81,7 +84,8 @@ def checkpoint_of_requeued_job(run_dir: Path) -> Path | None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file in the checkpoint's own directory, fsync, then rename.
+    """``torch.save`` into a temporary file in the checkpoint's own directory, fsync, then rename
+    (:func:`ser.atomic.atomic_file`), with the mode the umask gives any new file.
 
     Lightning's own save goes through an fsspec transaction whose temporary file lives in the system
     temp directory; when that is another filesystem the final move is a copy into the destination,
@@ -91,18 +95,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path, fsync=True) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class RandomState(pl.Callback):

@@ -32,9 +32,14 @@ import numpy as np
 import yaml
 
 from . import atomic
+from .errors import UserError
 
 DEFAULT_METRICS = ("test/acc", "test/uar", "test/f1")
 MAX_TICK_LABEL = 40  # characters of a job's label under its bar in summary.png
+
+
+class SummaryError(UserError, ValueError):
+    """A directory that holds no Hydra multirun jobs to summarise."""
 
 
 @dataclass
@@ -99,14 +104,15 @@ def summarize(
     log as the reason, and is left out of the mean and std.
 
     Raises:
-        ValueError: ``sweep_dir`` holds no Hydra job.
+        SummaryError: ``sweep_dir`` holds no Hydra job.
     """
     sweep_dir = Path(sweep_dir)
     metrics = tuple(metrics)
     job_dirs = sorted((p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_natural_key)
     if not job_dirs:
-        raise ValueError(
-            f"no Hydra multirun jobs under {sweep_dir}: point ser summarize at a directory made by `python train.py -m ...`"
+        raise SummaryError(
+            f"no Hydra multirun jobs under {sweep_dir}: "
+            "point ser summarize at a directory made by `python train.py -m ...`"
         )
 
     overrides = [yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or [] for d in job_dirs]

@@ -3,6 +3,17 @@
 A run directory holds ``.hydra/`` (written by Hydra), ``split.csv``, ``checkpoints/best.ckpt`` and
 ``checkpoints/last.ckpt``, ``metrics.json``, ``confusion_matrix.png`` and ``curves.png``, so a run can
 be read without W&B.
+
+Lightning internals that training relies on, each because no public API does the job:
+
+- ``strategies.launchers.*._MultiProcessingLauncher`` / ``_SubprocessScriptLauncher`` and the
+  launcher's ``_start_method`` (here, :func:`refuse_unsupported_launchers`): the only way to tell,
+  before training, how a DDP strategy will start its processes;
+- ``trainer._signal_connector.received_sigterm`` and ``trainer.fit_loop._should_accumulate()``
+  (:class:`ser.resume.CheckpointOnSigterm`): to defer a SIGTERM stop to the end of a gradient
+  accumulation window;
+- ``trainer.fit_loop.epoch_loop.batch_progress`` (:class:`ser.data.datamodule.RavdessDataModule`):
+  the batches already processed in the epoch, for an exact mid-epoch resume.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import math
 import os
 import signal
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -24,31 +36,22 @@ from pytorch_lightning.strategies.launchers.subprocess_script import _Subprocess
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from . import atomic
-from .config import register_configs
+from .callbacks import CompiledEncoder, CpuConvolutionKernels, History, build_callbacks
+from .config import objective_metric, register_configs
 from .data.datamodule import RavdessDataModule
 from .data.ravdess import EMOTIONS
+from .data.splits import describe_protocol
+from .errors import UserError
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
 from .resume import (
-    LAST_CHECKPOINT,
     AtomicCheckpointIO,
-    CheckpointOnSigterm,
-    RandomState,
     checkpoint_of_requeued_job,
     resolve_checkpoint,
 )
 
 log = logging.getLogger(__name__)
 register_configs()  # train.py's @hydra.main composes against base_config
-
-
-def describe_protocol(data: DictConfig) -> str:
-    """Say which evaluation protocol a number comes from; it is stored next to every metric."""
-    if data.split == "random":
-        return f"random stratified {1 - data.test_size:.0%}/{data.test_size:.0%} split (speakers shared between train and test)"
-    if data.split == "fold":
-        return f"EmoBox speaker-independent fold {data.fold} of 6"
-    return f"speaker-independent split ({data.test_actors} test actors, {data.val_actors} validation actors)"
 
 
 def resolve_precision(requested: str | None, accelerator: str) -> str:
@@ -59,48 +62,6 @@ def resolve_precision(requested: str | None, accelerator: str) -> str:
     chosen = "16-mixed" if on_cuda else "32-true"
     log.info("precision: %s (chosen automatically: %s)", chosen, "CUDA device found" if on_cuda else "no CUDA device")
     return chosen
-
-
-class History(pl.Callback):
-    """Keeps the loss and accuracy curves in memory for ``curves.png``, whatever the logger.
-
-    Lightning runs callback hooks before the module's own, and refreshes ``callback_metrics`` after
-    both, so each epoch's values are read in the hook that follows: validation's in
-    ``on_validation_end``, training accuracy at the start of the next epoch or the end of fitting.
-    """
-
-    def __init__(self):
-        self.train: list[tuple[int, float]] = []
-        self.val: list[dict] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None and trainer.is_global_zero:
-            self.train.append((trainer.global_step, float(loss)))
-
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking and trainer.is_global_zero:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-            self.val.append({"step": trainer.global_step, **metrics})
-
-    def _record_train_accuracy(self, trainer):
-        accuracy = trainer.callback_metrics.get("train/acc")
-        if accuracy is not None and trainer.is_global_zero:
-            self.val.append({"step": trainer.global_step, "train/acc": float(accuracy)})
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch > 0:
-            self._record_train_accuracy(trainer)
-
-    def on_train_end(self, trainer, pl_module):
-        self._record_train_accuracy(trainer)
-
-    # saved with each checkpoint, so the curves of a resumed run start at step 0
-    def state_dict(self) -> dict:
-        return {"train": self.train, "val": self.val}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.train, self.val = list(state_dict["train"]), list(state_dict["val"])
 
 
 def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool = False):
@@ -161,44 +122,6 @@ def wandb_key_configured() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path, history: History) -> list[pl.Callback]:
-    checkpoints = str(run_dir / "checkpoints")
-    # last.ckpt has callbacks of its own: with save_last=True on the monitoring one, Lightning 2.6
-    # rewrites last.ckpt only in epochs that improve the monitored metric, so resuming "last" would
-    # go back to the best epoch.
-    last = dict(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    callbacks = [
-        pl.callbacks.ModelCheckpoint(
-            dirpath=checkpoints,
-            filename="best",
-            monitor=cfg.callbacks.monitor,
-            mode=cfg.callbacks.mode,
-            save_top_k=1,
-            auto_insert_metric_name=False,
-        ),
-        pl.callbacks.ModelCheckpoint(**last),  # at the end of every epoch
-        pl.callbacks.LearningRateMonitor(logging_interval="step"),
-        pl.callbacks.ModelSummary(max_depth=cfg.callbacks.model_summary_depth),
-        history,
-        RandomState(),
-        CheckpointOnSigterm(run_dir / LAST_CHECKPOINT),
-    ]
-    if cfg.callbacks.checkpoint_every_n_steps:
-        # within the epoch too, so a SIGKILL loses at most this many optimizer steps
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(**last, every_n_train_steps=cfg.callbacks.checkpoint_every_n_steps)
-        )
-    if cfg.callbacks.rich_progress and cfg.trainer.enable_progress_bar:
-        callbacks.append(pl.callbacks.RichProgressBar())
-    if cfg.callbacks.early_stopping_patience is not None:
-        callbacks.append(
-            pl.callbacks.EarlyStopping(
-                cfg.callbacks.monitor, mode=cfg.callbacks.mode, patience=cfg.callbacks.early_stopping_patience
-            )
-        )
-    return callbacks
-
-
 def build_module(cfg: DictConfig) -> SERModule:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
@@ -227,71 +150,13 @@ def build_module(cfg: DictConfig) -> SERModule:
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
-    data = cfg.data
-    return RavdessDataModule(
-        root=data.root,
-        cache_dir=data.cache_dir,
-        split=data.split,
-        fold=data.fold,
-        seed=cfg.seed,
-        test_size=data.test_size,
-        val_actors=data.val_actors,
-        test_actors=data.test_actors,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        num_workers=data.num_workers,
-        max_seconds=data.max_seconds,
-        sample_rate=data.sample_rate,
-        normalize=data.normalize,
-        trim_db=data.trim_db,
-        strict=data.strict,
-        download=data.download,
-        synthesize_actors=data.synthesize_actors,
-        bucket_batches=data.bucket_batches,
-        manifest_path=str(run_dir / "split.csv"),
-    )
-
-
-class CpuConvolutionKernels(pl.Callback):
-    """Switches torch's oneDNN (mkldnn) convolutions on or off while fitting on a CPU, and back after."""
-
-    def __init__(self, onednn: bool):
-        self.onednn = onednn
-        self._before: bool | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and trainer.strategy.root_device.type == "cpu":
-            self._before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, self.onednn
-
-    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self._before is not None:
-            torch.backends.mkldnn.enabled, self._before = self._before, None
-
-
-class CompiledEncoder(pl.Callback):
-    """``torch.compile``s the encoder's forward while fitting, and gives the plain one back after.
-
-    Shapes are dynamic (every batch has its own length), so a new batch length does not recompile.
-    Only the forward is swapped, so parameter names, checkpoints and exports are those of the plain
-    encoder. wav2vec 2.0's SpecAugment draws its masks in numpy, which splits the compiled graph in two.
-    """
-
-    def __init__(self):
-        self._encoder = None
-
-    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            self._encoder = pl_module.model.encoder
-            self._encoder.forward = torch.compile(self._encoder.forward, dynamic=True)
-
-    def teardown(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        if self._encoder is not None:
-            del self._encoder.forward  # the instance attribute; the class's forward shows again
-            self._encoder = None
+    return RavdessDataModule.from_config(cfg.data, seed=cfg.seed, manifest_path=str(run_dir / "split.csv"))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Trainer:
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in ("rich_progress", "model_summary_depth"):  # settings of callbacks, not of the Trainer
+        options.pop(key)
     options["precision"] = resolve_precision(options["precision"], options["accelerator"])
     options = {k: v for k, v in options.items() if v is not None}
     return pl.Trainer(
@@ -308,11 +173,12 @@ def _scalar(value) -> float:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Fit, test the best checkpoint, write the run directory; returns the metrics (``objective`` included).
 
     With ``cfg.ckpt_path`` the run resumes (see :func:`ser.resume.resolve_checkpoint`) and keeps
-    writing into the run directory it came from.
+    writing into the run directory it came from. ``callbacks`` come before the config's own
+    (:func:`ser.callbacks.build_callbacks`) in the Trainer's list.
     """
     checkpoint, run_dir = resolve_checkpoint(cfg.ckpt_path, Path(cfg.run_dir))
     checkpoint = checkpoint or checkpoint_of_requeued_job(run_dir)
@@ -326,7 +192,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg, run_dir)
     history = History()
     logger = build_logger(cfg, run_dir, resuming=checkpoint is not None)
-    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history))
+    trainer = build_trainer(cfg, run_dir, logger, [*callbacks, *build_callbacks(cfg, run_dir, history)])
     refuse_unsupported_launchers(trainer)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -338,7 +204,7 @@ def train(cfg: DictConfig) -> dict:
         metrics = {"protocol": describe_protocol(cfg.data)}
         best_score = checkpoint_callback.best_model_score
         if best_score is not None and math.isfinite(_scalar(best_score)):
-            metrics[f"best/{cfg.callbacks.monitor}"] = _scalar(best_score)
+            metrics[f"best/{cfg.checkpoint.monitor}"] = _scalar(best_score)
         metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         if cfg.test_after_fit and not cfg.trainer.fast_dev_run:
             best_path = checkpoint_callback.best_model_path or None
@@ -349,7 +215,8 @@ def train(cfg: DictConfig) -> dict:
             trainer.test(module, datamodule=datamodule)
             metrics.update({k: _scalar(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         # the checkpointed (best) value when the objective is the monitored metric, else its last value
-        objective_key = f"best/{cfg.objective}" if f"best/{cfg.objective}" in metrics else cfg.objective
+        objective = objective_metric(cfg)
+        objective_key = f"best/{objective}" if f"best/{objective}" in metrics else objective
         metrics["objective"] = metrics.get(objective_key, float("nan"))
 
         if trainer.is_global_zero:
@@ -368,7 +235,7 @@ def train(cfg: DictConfig) -> dict:
             wandb.finish()
 
 
-class StrategyError(ValueError):
+class StrategyError(UserError, ValueError):
     """A distributed strategy this training loop cannot run under."""
 
 
@@ -383,14 +250,15 @@ def refuse_unsupported_launchers(trainer: pl.Trainer) -> None:
     launcher = trainer.strategy.launcher
     if isinstance(launcher, _MultiProcessingLauncher):
         raise StrategyError(
-            f"DDP with the {launcher._start_method!r} start method (trainer.strategy=ddp_spawn, ddp_fork, ddp_notebook) trains in "
-            "child processes whose results this run cannot collect: use trainer.strategy=ddp"
+            f"DDP with the {launcher._start_method!r} start method (trainer.strategy=ddp_spawn, ddp_fork, "
+            "ddp_notebook) trains in child processes whose results this run cannot collect: use trainer.strategy=ddp"
         )
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and isinstance(launcher, _SubprocessScriptLauncher):
         raise StrategyError(
-            f"DDP over {trainer.num_devices} devices (trainer.strategy, trainer.devices) cannot run inside a Hydra multirun (-m): "
-            "run each job on its own, or sweep with hydra/launcher=slurm, where SLURM starts the processes"
+            f"DDP over {trainer.num_devices} devices (trainer.strategy, trainer.devices) cannot run inside a "
+            "Hydra multirun (-m): run each job on its own, or sweep with hydra/launcher=slurm, "
+            "where SLURM starts the processes"
         )
 
 

@@ -7,24 +7,19 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from .helpers import REPO, run_python
 
 
 def run_benchmark(script: str, output: Path) -> str:
     """Run ``benchmarks/<script> --quick --output output``; returns its section of ``output``."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--output", str(output)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = run_python(
+        [REPO / "benchmarks" / script, "--quick", "--output", output],
+        REPO,
+        env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},  # the benchmarks count the threads they get
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from ser.config import DataConfig
 from ser.data import audio
 from ser.data import prepare as prepare_module
 from ser.data.batching import ClipDataset, LengthBucketBatchSampler, collate, padding_fraction
@@ -21,7 +24,7 @@ from ser.data.prepare import PrepareSettings, StrictError, prepare
 from ser.data.ravdess import EMOBOX_FOLDS, EMOTIONS, parse_name
 from ser.data.splits import SplitError, make_split, write_manifest
 
-from .helpers import clip_names
+from .helpers import clip_names, write_noise_corpus
 
 # --- names ---------------------------------------------------------------------------------------
 
@@ -357,17 +360,14 @@ def test_bucketed_sampler_yields_every_clip_once_per_epoch_in_a_new_order():
     assert first != second and len(sampler) == 26
 
 
-def test_ranks_share_out_the_batches():
+def test_ranks_share_out_the_evaluation_batches_and_count_each_clip_once():
+    # training batches (shuffle=True) are checked step by step in test_ddp.py
     lengths = np.arange(50)
-    for shuffle in (True, False):
-        shares = [list(LengthBucketBatchSampler(lengths, 4, shuffle, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
-        flat = [[i[0] if isinstance(i, tuple) else i for i in batch] for share in shares for batch in share]
-        seen = Counter(i for batch in flat for i in batch)
-        assert set(seen) == set(range(50))
-        if shuffle:
-            assert len(shares[0]) == len(shares[1])  # equal steps on every rank
-        else:
-            assert all(count == 1 for count in seen.values())  # evaluation counts each clip once
+    shares = [list(LengthBucketBatchSampler(lengths, 4, False, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    flat = [[i[0] if isinstance(i, tuple) else i for i in batch] for share in shares for batch in share]
+    seen = Counter(i for batch in flat for i in batch)
+    assert set(seen) == set(range(50))
+    assert all(count == 1 for count in seen.values())
 
 
 def test_sampler_resumes_mid_epoch_where_it_stopped():
@@ -416,6 +416,59 @@ def test_datamodule_gives_padded_batches_and_writes_the_manifest(noise_corpus, t
     assert sorted(val_positions) == sorted(dm.split["val"].tolist())
 
 
+def test_datamodule_from_config_takes_every_data_setting(noise_corpus, tmp_path):
+    data = DataConfig(
+        root=str(noise_corpus),
+        cache_dir=str(tmp_path / "cache"),
+        split="fold",
+        fold=2,
+        test_size=0.3,
+        val_actors=1,
+        test_actors=3,
+        batch_size=5,
+        eval_batch_size=7,
+        max_seconds=0.25,
+        sample_rate=8000,
+        normalize=False,
+        trim_db=-30.0,
+        bucket_batches=3,
+    )
+    dm = RavdessDataModule.from_config(data, seed=3, sample_rate=16_000)
+    assert (dm.root, dm.cache_dir, dm.split_name, dm.fold, dm.seed) == (str(noise_corpus), data.cache_dir, "fold", 2, 3)
+    assert dm.split_options == {"test_size": 0.3, "val_actors": 1, "test_actors": 3}
+    assert (dm.batch_size, dm.eval_batch_size, dm.bucket_batches, dm.max_samples) == (5, 7, 3, 4000)
+    assert dm.settings == PrepareSettings(sample_rate=16_000, normalize=False, trim_db=-30.0)  # replaced rate
+
+
+def test_synthesize_actors_leaves_an_existing_corpus_alone_and_uses_it(noise_corpus, tmp_path, caplog):
+    from ser.data.synth import MARKER
+
+    before = sorted(p.relative_to(noise_corpus) for p in noise_corpus.rglob("*"))
+    data = DataConfig(root=str(noise_corpus), cache_dir=str(tmp_path / "cache"), synthesize_actors=2)
+    dm = RavdessDataModule.from_config(data, seed=0, progress=False)
+    with caplog.at_level("INFO", logger="ser.data.synth"):
+        dm.prepare_data()
+        dm.setup()
+    assert len(dm.corpus.clips) == 4 * 60  # the noise corpus's 4 actors, not 2 synthetic ones
+    assert sorted(p.relative_to(noise_corpus) for p in noise_corpus.rglob("*")) == before
+    assert not (noise_corpus / MARKER).exists()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{noise_corpus} already holds a corpus: using it as it is, not synthesising one (data.synthesize_actors)"
+    ]
+
+
+def test_atomic_writes_of_the_data_pipeline_keep_the_umask(noise_corpus, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        corpus = prepare(noise_corpus, tmp_path / "cache", progress=False)
+        manifest = write_manifest(tmp_path / "run" / "split.csv", corpus.clips, make_split(corpus.clips))
+    finally:
+        os.umask(previous)
+    assert corpus.path.stat().st_mode & 0o777 == 0o755
+    for path in [manifest, *corpus.path.iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
 # --- ser prepare ---------------------------------------------------------------------------------
 
 
@@ -427,13 +480,40 @@ def test_ser_prepare_prints_the_summary(noise_corpus, tmp_path, capsys):
     assert "240 clips, 8 emotions, 4 actors" in out and "no file skipped" in out and str(tmp_path / "cache") in out
 
 
+def test_ser_prepare_keeps_skipped_paths_whole_in_a_file_and_lists_them(tmp_path, capsys):
+    # a corpus deep enough that every path is longer than the 80 columns rich assumes off a terminal
+    root = write_noise_corpus(tmp_path / ("a-corpus-folder-with-a-long-name-" * 2) / "ravdess", actors=(1, 2))
+    spoiled = _spoil(root)
+    from ser.cli import main
+
+    main(["-q", "prepare", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"])
+    lines = capsys.readouterr().out.splitlines()
+    for path in spoiled.values():
+        assert len(str(path)) > 80
+        assert sum(str(path) in line for line in lines) == 1, path
+    listing = next(line for line in lines if line.startswith("the skipped files and their reasons: "))
+    table = Path(listing.removeprefix("the skipped files and their reasons: "))
+    assert table.parent.parent == tmp_path / "cache" and table.name == "skipped.tsv"
+    rows = list(csv.reader(table.open(), delimiter="\t"))
+    assert rows[0] == ["location", "reason"]
+    assert {row[0] for row in rows[1:]} == {str(p) for p in spoiled.values()} and all(row[1] for row in rows[1:])
+
+
+def test_ser_prepare_uses_an_existing_corpus_despite_synthesize_actors(noise_corpus, tmp_path, capsys):
+    from ser.cli import main
+
+    main(["-q", "prepare", f"data.root={noise_corpus}", f"data.cache_dir={tmp_path}/c", "data.synthesize_actors=2"])
+    assert "240 clips, 8 emotions, 4 actors" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "override, message",
     [("data.rot=3", "rot"), ("data.batch_size=four", "four"), ("experiment=demo", "data.KEY=VALUE")],
 )
-def test_ser_prepare_refuses_unknown_keys_wrong_types_and_other_groups(override, message):
+def test_ser_prepare_refuses_unknown_keys_wrong_types_and_other_groups(override, message, capsys):
     from ser.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["prepare", override])
-    assert str(exit_info.value).startswith("error:") and message in str(exit_info.value)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 1 and error.startswith("error:") and message in error and error.count("\n") == 1

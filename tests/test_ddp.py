@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +10,8 @@ import torch
 
 from ser.data.batching import LengthBucketBatchSampler
 
-from .helpers import tiny_run_overrides, write_noise_corpus
+from .helpers import TRAIN_PY, run_python, tiny_run_overrides
 
-REPO = Path(__file__).resolve().parent.parent
 NO_RANDOMNESS = [  # ranks draw their own dropout masks, so only a run without any can match exactly
     "model.encoder_config.hidden_dropout=0.0",
     "model.encoder_config.activation_dropout=0.0",
@@ -26,17 +21,12 @@ NO_RANDOMNESS = [  # ranks draw their own dropout masks, so only a run without a
 ]
 
 
-def train_py(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
+def train_py(args: list[str], cwd):
+    return run_python([TRAIN_PY, *args], cwd, timeout=900)
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
-    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+def test_two_cpu_processes_match_one_with_the_same_global_batch(corpus_dir, corpus_cache, tmp_path):
     common = [
         *NO_RANDOMNESS,
         "trainer.accelerator=cpu",
@@ -47,11 +37,11 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path):
         "trainer.accumulate_grad_batches=1",
     ]
     single = tiny_run_overrides(
-        corpus, tmp_path / "cache", *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single"
+        corpus_dir, corpus_cache, *common, "trainer.devices=1", "data.batch_size=8", run_dir=tmp_path / "single"
     )
     ddp = tiny_run_overrides(
-        corpus,
-        tmp_path / "cache",
+        corpus_dir,
+        corpus_cache,
         *common,
         "trainer.devices=2",
         "trainer.strategy=ddp",
@@ -93,11 +83,11 @@ def test_ranks_split_each_global_batch_of_the_bucketed_sampler():
         assert sorted(shares[0][step] + shares[1][step]) == sorted(batch)
 
 
-def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
-    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+@pytest.mark.slow
+def test_ddp_inside_a_multirun_is_refused_before_training(corpus_dir, corpus_cache, tmp_path):
     sweep = tmp_path / "sweep"
     args = tiny_run_overrides(
-        corpus, tmp_path / "cache", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"
+        corpus_dir, corpus_cache, "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"
     )
     result = train_py(["-m", *args, "optimizer.lr=1e-4,3e-4", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert result.returncode != 0
@@ -106,11 +96,11 @@ def test_ddp_inside_a_multirun_is_refused_before_training(tmp_path):
     assert all("cannot run inside a Hydra multirun" in (sweep / job / "train.log").read_text() for job in ("0", "1"))
 
 
-def test_spawned_ddp_is_refused_in_one_line(tmp_path):
-    corpus = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2, 3, 4, 5, 6))
+@pytest.mark.slow
+def test_spawned_ddp_is_refused_in_one_line(corpus_dir, corpus_cache, tmp_path):
     args = tiny_run_overrides(
-        corpus,
-        tmp_path / "cache",
+        corpus_dir,
+        corpus_cache,
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.strategy=ddp_spawn",

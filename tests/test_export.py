@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,12 +32,15 @@ from transformers import (
 
 from ser.data.audio import to_model_input
 from ser.data.ravdess import EMOTIONS
-from ser.export import ExportError, OnnxClassifier, export_hf, export_onnx
+from ser.errors import UserError
+from ser.export import ExportError, export_hf, export_onnx
 from ser.hub import HFClassifier, architecture_of, init_from_pretrained, load_hf_classifier, map_labels
+from ser.inference import load_model
 from ser.models import EncoderError
 from ser.module import SERModule
+from ser.onnx_runtime import OnnxClassifier
 
-from .helpers import TINY_ENCODER
+from .helpers import TINY_ENCODER, save_checkpoint
 
 # the shared tiny encoder without its norm settings, which these tests vary
 TINY = {k: v for k, v in TINY_ENCODER.items() if k not in ("model_type", "feat_extract_norm", "do_stable_layer_norm")}
@@ -90,8 +96,8 @@ def make_module(norm=LAYER_NORM, **kwargs) -> SERModule:
     )
 
 
-def save_checkpoint(module: SERModule, path, train: bool = True):
-    """A Lightning checkpoint of `module`, after one optimizer step if `train`."""
+def trained_checkpoint(module: SERModule, path):
+    """A Lightning checkpoint of `module` after one optimizer step."""
     trainer = pl.Trainer(
         max_steps=1,
         accelerator="cpu",
@@ -100,14 +106,11 @@ def save_checkpoint(module: SERModule, path, train: bool = True):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    if train:
-        waveforms, mask = model_batch(clips([1600, 1100]))
-        batches = [
-            {"waveforms": waveforms, "attention_mask": mask, "labels": torch.tensor([0, 5]), "index": torch.arange(2)}
-        ]
-        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
-    else:
-        trainer.strategy.connect(module)
+    waveforms, mask = model_batch(clips([1600, 1100]))
+    batches = [
+        {"waveforms": waveforms, "attention_mask": mask, "labels": torch.tensor([0, 5]), "index": torch.arange(2)}
+    ]
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     trainer.save_checkpoint(path)
     return path
 
@@ -117,7 +120,7 @@ def trained_run(tmp_path_factory):
     """A run directory: checkpoints/last.ckpt (head hf, mean pooling, layer norm) and metrics.json."""
     run = tmp_path_factory.mktemp("run")
     (run / "checkpoints").mkdir()
-    path = save_checkpoint(make_module(), run / "checkpoints" / "last.ckpt")
+    path = trained_checkpoint(make_module(), run / "checkpoints" / "last.ckpt")
     metrics = {
         "protocol": "EmoBox speaker-independent fold 1 of 6",
         "test/acc": 0.5,
@@ -130,11 +133,14 @@ def trained_run(tmp_path_factory):
     return path
 
 
-def published_classifier(folder, id2label=EHCALABRES_LABELS, norm=LAYER_NORM, seed: int = 0):
-    """A Wav2Vec2ForSequenceClassification in the published ehcalabres layout, saved with save_pretrained."""
+def published_classifier(folder, id2label=EHCALABRES_LABELS, norm=LAYER_NORM, seed: int = 0, **fields):
+    """A Wav2Vec2ForSequenceClassification in the published ehcalabres layout, saved with save_pretrained.
+
+    ``fields`` replace those of the tiny encoder's config.
+    """
     torch.manual_seed(seed)
     config = Wav2Vec2Config(
-        **TINY,
+        **{**TINY, **fields},
         **norm,
         classifier_proj_size=256,
         use_weighted_layer_sum=False,
@@ -173,7 +179,9 @@ def transformers_logits(model, folder, raw: list[np.ndarray]) -> torch.Tensor:
 
 @pytest.mark.parametrize("norm", [LAYER_NORM, GROUP_NORM], ids=["layer_norm", "group_norm"])
 def test_export_hf_gives_the_same_probabilities_in_the_pipeline(tmp_path, trained_run, norm):
-    checkpoint = trained_run if norm is LAYER_NORM else save_checkpoint(make_module(GROUP_NORM), tmp_path / "gn.ckpt")
+    checkpoint = trained_run
+    if norm is GROUP_NORM:
+        checkpoint = trained_checkpoint(make_module(GROUP_NORM), tmp_path / "gn.ckpt")
     module = SERModule.load_from_checkpoint(checkpoint).eval()
     out = export_hf(checkpoint, tmp_path / "exported")
 
@@ -230,7 +238,7 @@ def test_export_hf_refuses_a_non_empty_output_unless_overwrite(tmp_path, trained
 
 @pytest.mark.parametrize(("head", "pooling"), [("dense_tanh", "mean"), ("hf", "attentive"), ("hf", "stats")])
 def test_export_hf_refuses_heads_transformers_lacks(tmp_path, head, pooling):
-    checkpoint = save_checkpoint(make_module(head=head, pooling=pooling), tmp_path / "x.ckpt", train=False)
+    checkpoint = save_checkpoint(make_module(head=head, pooling=pooling), tmp_path / "x.ckpt")
     with pytest.raises(
         ExportError, match=f"head '{head}' with '{pooling}' pooling cannot be exported to transformers.*ONNX"
     ) as err:
@@ -406,7 +414,7 @@ def test_init_from_pretrained_refuses_another_architecture(ehcalabres):
 )
 def test_onnx_export_matches_pytorch_with_dynamic_batch_and_length(tmp_path, head, pooling, norm):
     module = make_module(norm, head=head, pooling=pooling)
-    checkpoint = save_checkpoint(module, tmp_path / "m.ckpt", train=False)
+    checkpoint = save_checkpoint(module, tmp_path / "m.ckpt")
     out = export_onnx(checkpoint, tmp_path / "model.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt", "model.onnx"]  # no temporary file left behind
 
@@ -438,3 +446,78 @@ def test_onnx_export_refuses_to_overwrite_and_onnx_classifier_checks_its_file(tm
         OnnxClassifier(out)
     with pytest.raises(EncoderError, match="does not exist"):
         OnnxClassifier(tmp_path / "missing.onnx")
+
+
+def test_onnx_export_to_a_path_without_the_suffix_writes_a_folder_that_predict_loads(tmp_path, trained_run):
+    out = export_onnx(trained_run, tmp_path / "exported")
+    assert out == tmp_path / "exported" / "model.onnx" and out.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no temporary folder left behind
+    scorer = load_model(tmp_path / "exported")
+    assert isinstance(scorer, OnnxClassifier) and scorer.path == out and scorer.labels == list(EMOTIONS)
+    with pytest.raises(ExportError, match="already exists"):
+        export_onnx(trained_run, tmp_path / "exported")
+    assert export_onnx(trained_run, tmp_path / "exported", overwrite=True) == out
+
+
+def test_exports_get_the_mode_the_umask_gives(tmp_path, trained_run):
+    previous = os.umask(0o022)
+    try:
+        hf = export_hf(trained_run, tmp_path / "hf")
+        onnx_file = export_onnx(trained_run, tmp_path / "model.onnx")
+        onnx_folder = export_onnx(trained_run, tmp_path / "onnx").parent
+    finally:
+        os.umask(previous)
+    for folder in (hf, onnx_folder):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+    for file in (hf / "model.safetensors", hf / "config.json", onnx_file, onnx_folder / "model.onnx"):
+        assert file.stat().st_mode & 0o777 == 0o644, file
+
+
+@pytest.mark.parametrize("package", ["onnx", "onnxruntime"])
+def test_onnx_without_its_packages_names_the_extra(tmp_path, trained_run, monkeypatch, capsys, package):
+    from ser.cli import main
+
+    monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
+    with pytest.raises(UserError, match=r"pip install -e \"\.\[onnx\]\"") as err:
+        export_onnx(trained_run, tmp_path / "model.onnx")
+    assert "\n" not in str(err.value) and not (tmp_path / "model.onnx").exists()
+    if package == "onnxruntime":
+        (tmp_path / "model.onnx").write_bytes(b"an ONNX model")
+        with pytest.raises(SystemExit):
+            main(["-q", "predict", str(tmp_path / "model.onnx"), str(tmp_path)])
+        err = capsys.readouterr().err
+        assert err.startswith("error: onnxruntime is not installed") and '".[onnx]"' in err and err.count("\n") == 1
+
+
+def test_init_from_in_the_demo_takes_the_checkpoints_architecture(tmp_path, caplog):
+    # The demo's model group is a tiny encoder of another shape (4 convolutions, hidden size 96)
+    # than this published classifier (5 convolutions, hidden size 32), as XLSR's 7 are.
+    from hydra import compose, initialize_config_dir
+
+    from ser.config import register_configs
+    from ser.train import build_module
+
+    folder = tmp_path / "published"
+    five_convolutions = {"conv_dim": [8] * 5, "conv_kernel": [10, 3, 3, 3, 2], "conv_stride": [5, 2, 2, 2, 2]}
+    model = published_classifier(folder, **five_convolutions)
+    register_configs()
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=demo", f"model.init_from={folder}"])
+    assert list(cfg.model.encoder_config.conv_dim) != list(model.config.conv_dim)
+    with caplog.at_level(logging.WARNING, logger="ser.hub"):
+        module = build_module(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "ser.hub" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "replacing model.projector_dim=128; ignoring model.encoder_config's model_type, hidden_size" in warnings[0]
+    assert "conv_dim, conv_kernel, conv_stride" in warnings[0]
+    assert "hidden_dropout" not in warnings[0]  # training settings still apply
+    encoder_config = module.model.encoder.config
+    assert list(encoder_config.conv_dim) == list(model.config.conv_dim)
+    assert encoder_config.hidden_size == model.config.hidden_size
+    assert encoder_config.hidden_dropout == cfg.model.encoder_config.hidden_dropout
+    raw = clips([2400, 1500], seed=6)
+    waveforms, mask = model_batch(raw)
+    with torch.no_grad():
+        ours = module.eval()(waveforms, mask)
+    torch.testing.assert_close(ours, transformers_logits(model, folder, raw), atol=1e-5, rtol=0)

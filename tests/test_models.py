@@ -28,6 +28,8 @@ from ser.models import (
     load_hf_state_dict,
     uses_group_norm,
 )
+from ser.models.classifier import apply_at_true_lengths
+from ser.models.encoder import receptive_field
 
 TINY = dict(
     hidden_size=32,
@@ -407,3 +409,30 @@ def test_gradient_checkpointing_gives_the_same_gradients(norm):
         else:
             torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6)
     assert checkpointed["encoder.encoder.layers.0.attention.q_proj.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kernels_strides", [((10, 3, 3), (5, 2, 2)), ((10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2))])
+def test_receptive_field_is_the_shortest_clip_with_a_frame(kernels_strides):
+    kernels, strides = kernels_strides
+    config = tiny_config(conv_dim=(8,) * len(kernels), conv_kernel=kernels, conv_stride=strides)
+    encoder = build_encoder(config, pretrained=False)
+    need = receptive_field(config)
+    frames = encoder._get_feat_extract_output_lengths(torch.tensor([need - 1, need]))
+    assert frames.tolist() == [0, 1]
+    assert receptive_field(None) == 1
+
+
+def test_apply_at_true_lengths_gives_each_clip_alone():
+    waveforms = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0], [6.0, 0.0, 0.0], [7.0, 8.0, 0.0]])
+    mask = waveforms != 0
+    calls = []
+
+    def length_and_sum(clips):
+        calls.append(tuple(clips.shape))
+        return torch.stack([torch.full((clips.shape[0],), float(clips.shape[1])), clips.sum(dim=1)], dim=1)
+
+    result = apply_at_true_lengths(length_and_sum, waveforms, mask)
+    assert result.tolist() == [[3, 6], [2, 9], [1, 6], [2, 15]]
+    assert sorted(calls) == [(1, 1), (1, 3), (2, 2)]  # one call per length
+    calls.clear()
+    assert apply_at_true_lengths(length_and_sum, waveforms[:1], None).tolist() == [[3, 6]] and calls == [(1, 3)]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-from .helpers import write_noise_corpus
-from .test_predict import save_checkpoint, tiny_module
+from .helpers import REPO, save_checkpoint, tiny_module, write_noise_corpus
 
-REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "explore_checkpoint.ipynb"
 
 
@@ -24,6 +21,7 @@ def test_notebook_is_stored_without_outputs():
         assert f'{name} = os.environ.get("SER_{name}"' in parameters
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_a_tiny_checkpoint(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

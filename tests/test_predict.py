@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import soundfile as sf
 import torch
 
@@ -17,6 +17,7 @@ from ser.cli import main
 from ser.data import audio
 from ser.data.ravdess import EMOTIONS
 from ser.inference import (
+    CheckpointClassifier,
     PredictError,
     Prediction,
     Scorer,
@@ -28,9 +29,10 @@ from ser.inference import (
     score_waveforms,
     window_bounds,
 )
+from ser.models import EncoderError
 from ser.module import SERModule
 
-from .helpers import TINY_ENCODER, write_noise_corpus
+from .helpers import TINY_ENCODER, save_checkpoint, tiny_module, write_noise_corpus
 
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}  # wav2vec2-base style
 
@@ -41,37 +43,6 @@ pytestmark = [
 
 
 # --- builders ------------------------------------------------------------------------------------
-
-
-def tiny_module(seed: int = 0, encoder: dict | None = None, **kwargs) -> SERModule:
-    """A random tiny SERModule in eval mode."""
-    torch.manual_seed(seed)
-    module = SERModule(
-        encoder=None,
-        pretrained=False,
-        encoder_config={**TINY_ENCODER, **(encoder or {})},
-        scheduler="constant",
-        **kwargs,
-    )
-    # A fresh head gives nearly equal logits; larger weights make the classes distinct, so that
-    # comparisons of predicted labels are not decided by rounding.
-    with torch.no_grad():
-        module.model.classifier.weight.normal_(std=1.0)
-    return module.eval()
-
-
-def save_checkpoint(module: SERModule, path: Path) -> Path:
-    """A Lightning checkpoint of ``module``, as training writes them (without training)."""
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
 
 
 def noise(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -276,8 +247,8 @@ def test_model_without_attention_mask_gets_only_equal_lengths(tmp_path):
     scorer = load_model(tmp_path / "base-like")
     assert scorer.uses_attention_mask is False
     seen = []
-    forward = scorer._forward
-    scorer._forward = lambda x, mask: seen.append((x.shape, mask)) or forward(x, mask)
+    logits = scorer.logits
+    scorer.logits = lambda x, mask=None: seen.append((x.shape, mask)) or logits(x, mask)
     files = []
     for i, seconds in enumerate((0.2, 0.3, 0.2, 0.25, 0.3)):
         files.append(tmp_path / f"clip{i}.wav")
@@ -349,13 +320,15 @@ def test_cli_predict_json_lines_and_exit_status(checkpoint, audio_tree, tmp_path
     main(["-q", "predict", str(path), "clips/a/stereo48k.wav"])  # all scored: no SystemExit
     out, _ = capsys.readouterr()
     assert "clips/a/stereo48k.wav" in out and "emotion" in out
+    main(["-q", "predict", str(path), str(audio_tree["wav"])])  # a long path, into a pipe: whole on its line
+    assert str(audio_tree["wav"]) in capsys.readouterr().out
 
 
 def test_load_model_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(PredictError, match="does not exist"):
         load_model(tmp_path / "nope.ckpt")
     (tmp_path / "empty_dir").mkdir()
-    with pytest.raises(PredictError, match="no config.json"):
+    with pytest.raises(EncoderError, match="no config.json"):
         load_model(tmp_path / "empty_dir")
     (tmp_path / "fake.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit) as exit_info:
@@ -368,9 +341,15 @@ def test_load_model_errors_are_one_line(tmp_path, capsys):
 # --- evaluate ---------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def two_actor_corpus(tmp_path_factory) -> Path:
+    """Read only: evaluation never writes into the corpus."""
+    return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2), max_seconds=0.4)
+
+
 @pytest.fixture
-def small_corpus(tmp_path) -> tuple[Path, list[str]]:
-    root = write_noise_corpus(tmp_path / "ravdess", actors=(1, 2), max_seconds=0.4)
+def small_corpus(two_actor_corpus, tmp_path) -> tuple[Path, list[str]]:
+    root = two_actor_corpus
     return root, [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
 
 
@@ -467,15 +446,46 @@ def test_exported_model_predicts_as_the_checkpoint(fmt, checkpoint, audio_tree, 
         np.testing.assert_allclose(probabilities_of(a), probabilities_of(b), atol=1e-4)
 
 
-def test_scorer_wraps_any_model_with_the_attributes():
+def test_any_model_with_the_scorer_protocol_is_scored():
     class Uniform:
-        labels, sample_rate, normalize, uses_attention_mask = ["a", "b"], 16000, True, True
+        name, labels, sample_rate, normalize, trim_db, uses_attention_mask, min_samples = (
+            "uniform",
+            ["a", "b"],
+            16000,
+            True,
+            None,
+            True,
+            50,
+        )
 
-        def __call__(self, waveforms, attention_mask):
-            return np.zeros((len(waveforms), 2), dtype=np.float32)
+        def logits(self, waveforms, attention_mask=None):
+            return torch.zeros(len(waveforms), 2)
 
-    scorer = as_scorer(Uniform())
-    assert isinstance(scorer, Scorer) and scorer.labels == ["a", "b"] and scorer.min_samples == 1
-    probabilities, errors = score_waveforms(scorer, [np.zeros(100, np.float32)] * 3)
-    np.testing.assert_allclose(probabilities, 0.5)
-    assert errors == [None] * 3
+        def inference(self):
+            return contextlib.nullcontext()
+
+    model = Uniform()
+    assert isinstance(model, Scorer) and as_scorer(model) is model
+    probabilities, errors = score_waveforms(model, [np.zeros(100, np.float32)] * 2 + [np.zeros(49, np.float32)])
+    np.testing.assert_allclose(probabilities[:2], 0.5)
+    assert errors[:2] == [None, None] and errors[2].startswith("too short") and np.isnan(probabilities[2]).all()
+    with pytest.raises(PredictError, match="cannot score with a"):
+        as_scorer(object())
+
+
+def test_checkpoints_hf_models_and_onnx_files_are_scorers(checkpoint, tmp_path):
+    from ser.hub import HFClassifier
+    from ser.onnx_runtime import OnnxClassifier
+
+    path, module = checkpoint
+    scorer = load_model(path)
+    assert isinstance(scorer, CheckpointClassifier) and isinstance(scorer, Scorer)
+    # 40 samples: the receptive field of TINY_ENCODER's CNN
+    assert scorer.labels == list(module.hparams.labels) and scorer.min_samples == 40
+    hf_classifier_dir(tmp_path / "hf")
+    assert isinstance(load_model(tmp_path / "hf"), HFClassifier) and isinstance(load_model(tmp_path / "hf"), Scorer)
+    pytest.importorskip("onnxruntime")
+    main(["-q", "export", str(path), str(tmp_path / "onnx"), "--format", "onnx"])
+    onnx = load_model(tmp_path / "onnx")  # a folder holding model.onnx
+    assert isinstance(onnx, OnnxClassifier) and isinstance(onnx, Scorer)
+    assert (onnx.name, onnx.labels, onnx.min_samples, onnx.trim_db) == ("onnx", scorer.labels, 40, None)

@@ -9,18 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from ser.resume import ResumeError, checkpoint_of_requeued_job, resolve_checkpoint
+from ser import atomic
+from ser.resume import AtomicCheckpointIO, ResumeError, checkpoint_of_requeued_job, resolve_checkpoint
 
-from .helpers import tiny_run_overrides
+from .helpers import REPO, TRAIN_PY, run_python, tiny_run_overrides
 
-REPO = Path(__file__).resolve().parent.parent
 BATCHES_PER_EPOCH = 6  # with accumulation 2: 3 optimizer steps per epoch, 6 in the run
 
 
@@ -37,24 +35,16 @@ def overrides(corpus: Path, cache: Path, run_dir: Path, *extra: str) -> list[str
         "trainer.accumulate_grad_batches=2",
         "trainer.deterministic=true",
         "trainer.num_sanity_val_steps=0",
-        "callbacks.checkpoint_every_n_steps=1",
+        "checkpoint.every_n_steps=1",
         "test_after_fit=false",
         *extra,
         run_dir=run_dir,
     )
 
 
-def run(args: list[str], *flags: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "tests.interrupt", json.dumps(args), *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run(args: list[str], *flags: str):
+    """Train with ``args`` in a child process (tests/interrupt.py), which ``flags`` interrupt."""
+    return run_python(["-m", "tests.interrupt", json.dumps(args), *flags], REPO)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -68,18 +58,18 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(corpus_dir, tmp_path_factory) -> Path:
+def reference(corpus_dir, corpus_cache, tmp_path_factory) -> Path:
     """The same run, never interrupted."""
     base = tmp_path_factory.mktemp("reference")
-    result = run(overrides(corpus_dir, base / "cache", base / "run"))
+    result = run(overrides(corpus_dir, corpus_cache, base / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     return base / "run"
 
 
 @pytest.mark.slow
-def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, reference, tmp_path):
+def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, corpus_cache, reference, tmp_path):
     run_dir = tmp_path / "run"
-    args = overrides(corpus_dir, tmp_path / "cache", run_dir, "logger=wandb", "callbacks.checkpoint_every_n_steps=null")
+    args = overrides(corpus_dir, corpus_cache, run_dir, "logger=wandb", "checkpoint.every_n_steps=null")
     # batch 3 opens the second accumulation window of epoch 0: the stop waits for batch 4
     stopped = run(args, "--at", "3", "--signal", str(int(signal.SIGTERM)))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
@@ -106,9 +96,9 @@ def test_sigterm_mid_window_saves_then_resumes_to_the_same_weights(corpus_dir, r
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", ["between batches", "while writing a checkpoint"])
-def test_sigkill_resumes_from_the_last_whole_checkpoint(kill, corpus_dir, reference, tmp_path):
+def test_sigkill_resumes_from_the_last_whole_checkpoint(kill, corpus_dir, corpus_cache, reference, tmp_path):
     run_dir = tmp_path / "run"
-    args = overrides(corpus_dir, tmp_path / "cache", run_dir)
+    args = overrides(corpus_dir, corpus_cache, run_dir)
     # batch 5 opens epoch 0's last window (after 2 saves); the 3rd save comes at step 3, the end of epoch 0
     flags = ("--at", "5", "--signal", str(int(signal.SIGKILL))) if kill == "between batches" else ("--during-save", "3")
     killed = run(args, *flags)
@@ -156,21 +146,10 @@ def test_a_requeued_slurm_job_resumes_from_its_newest_checkpoint(tmp_path, monke
     assert checkpoint_of_requeued_job(tmp_path / "elsewhere") is None
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_without_a_checkpoint_fails_in_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "experiment=demo",
-            "ckpt_path=last",
-            f"hydra.run.dir={tmp_path}/run",
-            "logger=none",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    result = run_python(
+        [TRAIN_PY, "experiment=demo", "ckpt_path=last", f"hydra.run.dir={tmp_path}/run", "logger=none"], tmp_path
     )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
@@ -185,3 +164,15 @@ def test_only_a_resumed_run_continues_the_w_and_b_run_of_its_directory(tmp_path)
     assert wandb_run_id(tmp_path, resuming=True) == first
     second = wandb_run_id(tmp_path, resuming=False)  # a fresh run in a reused directory
     assert second != first and wandb_run_id(tmp_path, resuming=True) == second
+
+
+def test_checkpoints_and_metrics_get_the_umasks_mode(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, checkpoint)
+        metrics = atomic.write_json(tmp_path / "run" / "metrics.json", {"test/acc": 0.5})
+    finally:
+        os.umask(previous)
+    assert checkpoint.stat().st_mode & 0o777 == 0o644 and metrics.stat().st_mode & 0o777 == 0o644
+    assert torch.load(checkpoint)["state_dict"]["w"].tolist() == [1.0, 1.0]

@@ -9,7 +9,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,39 +23,10 @@ from hydra.types import HydraContext
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from ser.cli import CONF_DIR
 from ser.config import register_configs
 from ser.sweep import ResumeOptunaStudy
 
-from .helpers import tiny_run_overrides
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def tiny_overrides(corpus_dir, tmp_path) -> list[str]:
-    """The demo experiment shrunk to seconds, for a multirun: every job writes into its own job directory."""
-    return tiny_run_overrides(
-        corpus_dir,
-        tmp_path / "cache",
-        "data.batch_size=8",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=2",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.limit_test_batches=2",
-    )
-
-
-def _train_command(args: list[str]) -> tuple[list[str], dict]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    env.pop("WANDB_API_KEY", None)
-    return [sys.executable, str(REPO / "train.py"), *args], env
-
-
-def _run_train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    command, env = _train_command(args)
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+from .helpers import CONF_DIR, TRAIN_PY, compose_config, python_command, run_python
 
 
 def _summary_rows(sweep: Path) -> dict[str, dict]:
@@ -71,7 +41,9 @@ def _summary_rows(sweep: Path) -> dict[str, dict]:
 @pytest.mark.slow
 def test_a_failed_job_leaves_the_others_and_a_summary_that_names_it(tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
-    result = _run_train(["-m", *tiny_overrides, "model.pooling=nosuch,mean", f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_python(
+        [TRAIN_PY, "-m", *tiny_overrides, "model.pooling=nosuch,mean", f"hydra.sweep.dir={sweep}"], tmp_path
+    )
 
     assert result.returncode != 0
     assert not (sweep / "0" / "metrics.json").exists()
@@ -89,7 +61,9 @@ def test_a_failed_job_leaves_the_others_and_a_summary_that_names_it(tiny_overrid
 @pytest.mark.slow
 def test_a_sweep_ends_with_its_summary_printed_once(tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
-    result = _run_train(["-m", *tiny_overrides, "optimizer.lr=0.0001,0.0003", f"hydra.sweep.dir={sweep}"], tmp_path)
+    result = run_python(
+        [TRAIN_PY, "-m", *tiny_overrides, "optimizer.lr=0.0001,0.0003", f"hydra.sweep.dir={sweep}"], tmp_path
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     markdown = (sweep / "summary.md").read_text()
@@ -101,15 +75,11 @@ def test_a_sweep_ends_with_its_summary_printed_once(tiny_overrides, tmp_path):
 # --- Optuna: interrupted and resumed -------------------------------------------------------------
 
 
-def _compose_hydra(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
-
-
 def test_resuming_adjusts_the_sweeper_config_to_the_study_found(tmp_path):
     sweep = tmp_path / "sweep"
-    cfg = _compose_hydra(["hparams_search=optuna", "hydra.sweeper.n_trials=5", f"hydra.sweep.dir={sweep}"])
+    cfg = compose_config(
+        ["hparams_search=optuna", "hydra.sweeper.n_trials=5", f"hydra.sweep.dir={sweep}"], return_hydra_config=True
+    )
     sweep.mkdir()
     study = optuna.create_study(study_name="ser", storage=cfg.hydra.sweeper.storage, direction="maximize")
     for value in (0.3, 0.4):
@@ -132,7 +102,9 @@ def test_resuming_adjusts_the_sweeper_config_to_the_study_found(tmp_path):
 
 def test_a_study_without_a_name_is_refused_before_any_job(tmp_path):
     sweep = tmp_path / "multirun" / "optuna"
-    cfg = _compose_hydra(["hparams_search=optuna", "hydra.sweeper.study_name=null", f"hydra.sweep.dir={sweep}"])
+    cfg = compose_config(
+        ["hparams_search=optuna", "hydra.sweeper.study_name=null", f"hydra.sweep.dir={sweep}"], return_hydra_config=True
+    )
     with pytest.raises(SystemExit, match=r"^error: cannot resume .*study_name is null: name the study"):
         ResumeOptunaStudy().on_multirun_start(config=cfg)
     assert sweep.is_dir()  # where the SQLite file goes, made before the sweeper opens it
@@ -159,9 +131,10 @@ def _snapshot(job_dir: Path) -> dict[str, tuple[int, int]]:
 def test_an_interrupted_optuna_search_resumes_the_same_study(tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     database = sweep / "optuna.db"
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny_overrides, f"hydra.sweep.dir={sweep}"]
+    args = [TRAIN_PY, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *tiny_overrides]
+    args.append(f"hydra.sweep.dir={sweep}")
 
-    command, env = _train_command(args)
+    command, env = python_command(args)
     with open(tmp_path / "first.log", "w") as log:
         search = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -185,7 +158,7 @@ def test_an_interrupted_optuna_search_resumes_the_same_study(tiny_overrides, tmp
     assert [state for _, state in _trial_states(database)] == ["COMPLETE", "RUNNING"]  # really cut short
     before = {name: _snapshot(sweep / name) for name in ("0", "1")}
 
-    result = _run_train(args, tmp_path)
+    result = run_python(args, tmp_path)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
@@ -218,7 +191,6 @@ class _Submitted(Exception):
 
 
 def test_slurm_launcher_renders_one_array_job_of_ddp_tasks_per_sweep_point(tmp_path, monkeypatch):
-    register_configs()
     overrides = [
         "hparams_search=optuna",
         "hydra/launcher=slurm",
@@ -230,7 +202,8 @@ def test_slurm_launcher_renders_one_array_job_of_ddp_tasks_per_sweep_point(tmp_p
         "trainer.num_nodes=2",
         f"hydra.sweep.dir={tmp_path}",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # the launcher needs its loader
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
         config_loader = GlobalHydra.instance().config_loader()
 

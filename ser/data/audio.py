@@ -8,10 +8,28 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..errors import UserError
+
 SAMPLE_RATE = 16_000  # every wav2vec 2.0 / HuBERT / WavLM checkpoint was pretrained at 16 kHz
+# What soundfile (libsndfile >= 1.1) reads: corpora, directories and globs are searched for these.
+AUDIO_SUFFIXES = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aiff",
+    ".aif",
+    ".aifc",
+    ".au",
+    ".caf",
+    ".w64",
+    ".rf64",
+)
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """A file that cannot be used as audio; the message is the reason."""
 
 

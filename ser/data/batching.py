@@ -56,6 +56,18 @@ class ClipDataset(Dataset):
         }
 
 
+def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips ``(T_i,)`` zero padded to the longest: waveforms (B, T) float32 and attention mask (B, T) bool.
+
+    The mask is True on real samples. Clips are copied, so read-only memory maps are fine.
+    """
+    lengths = torch.tensor([len(w) for w in waveforms])
+    batch = np.zeros((len(waveforms), int(lengths.max()) if len(waveforms) else 0), dtype=np.float32)
+    for row, waveform in enumerate(waveforms):
+        batch[row, : len(waveform)] = np.asarray(waveform)
+    return torch.from_numpy(batch), torch.arange(batch.shape[1]) < lengths[:, None]
+
+
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     """Pad to the longest clip of the batch.
 
@@ -63,12 +75,7 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         ``waveforms`` (B, T) float32 zero-padded, ``attention_mask`` (B, T) bool (True on real
         samples), ``labels`` (B,) int64 and ``index`` (B,) int64 (clip indices in the corpus).
     """
-    longest = max(len(item["waveform"]) for item in items)
-    waveforms = torch.zeros(len(items), longest)
-    mask = torch.zeros(len(items), longest, dtype=torch.bool)
-    for row, item in enumerate(items):
-        waveforms[row, : len(item["waveform"])] = item["waveform"]
-        mask[row, : len(item["waveform"])] = True
+    waveforms, mask = pad_batch([item["waveform"] for item in items])
     return {
         "waveforms": waveforms,
         "attention_mask": mask,

@@ -17,12 +17,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import UserError
+from .audio import AUDIO_SUFFIXES
+from .ravdess import RAVDESS_ARCHIVE
+
 _ACTOR_DIR = re.compile(r"^Actor_\d\d$")
-RAVDESS_ARCHIVE = "Audio_Speech_Actors_01-24.zip"  # the official speech archive on Zenodo
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
-class CorpusError(RuntimeError):
+class CorpusError(UserError, RuntimeError):
     """The corpus cannot be found or used; the message says what to do."""
 
 
@@ -118,6 +120,18 @@ def _has_actor_dirs(root: Path) -> bool:
     return any(_ACTOR_DIR.match(name) for _, dirnames, _ in os.walk(root) for name in dirnames)
 
 
+def _has_audio_files(root: Path) -> bool:
+    return any(p.suffix.lower() in AUDIO_SUFFIXES for p in root.rglob("*"))
+
+
+def holds_corpus(root: str | Path) -> bool:
+    """Whether ``root`` holds a corpus of its own: an archive, actor folders or audio files, used as they are."""
+    root = Path(root).expanduser()
+    if root.is_file():
+        return True
+    return root.is_dir() and ((root / RAVDESS_ARCHIVE).is_file() or _has_actor_dirs(root) or _has_audio_files(root))
+
+
 def open_source(root: str | Path, download: bool = True, progress: bool = True) -> DirectorySource | ArchiveSource:
     """Find the corpus at ``root``, downloading the official archive into it when it holds none."""
     root = Path(root).expanduser()
@@ -132,7 +146,7 @@ def open_source(root: str | Path, download: bool = True, progress: bool = True) 
     archive = root / RAVDESS_ARCHIVE
     if archive.is_file():
         return ArchiveSource(archive)
-    if root.is_dir() and any(p.suffix.lower() == ".wav" for p in root.rglob("*")):
+    if root.is_dir() and _has_audio_files(root):
         return DirectorySource(root)  # a flat folder of clips still works
     if not download:
         raise CorpusError(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from ..config import DataConfig
 from .batching import ClipDataset, LengthBucketBatchSampler, ResumableDataLoader, collate
 from .prepare import PreparedCorpus, PrepareSettings, prepare
 from .splits import make_split, write_manifest
@@ -65,7 +68,26 @@ class RavdessDataModule(pl.LightningDataModule):
         self.manifest_path = manifest_path
         self.progress = progress
         self.corpus: PreparedCorpus | None = None
+        self._corpus_present = False
         self.split: dict | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        data: Any,
+        *,
+        seed: int,
+        manifest_path: str | None = None,
+        progress: bool = True,
+        **replace: Any,
+    ) -> RavdessDataModule:
+        """The data module of a data config (:class:`ser.config.DataConfig`, or the composed ``cfg.data``).
+
+        ``replace``: settings to use instead of the config's, e.g. ``sample_rate=`` for a model
+        that was trained on another rate.
+        """
+        settings = {f.name: getattr(data, f.name) for f in dataclasses.fields(DataConfig)}
+        return cls(**{**settings, **replace}, seed=seed, manifest_path=manifest_path, progress=progress)
 
     def prepare_data(self) -> None:
         corpus = self.load_corpus()
@@ -75,11 +97,13 @@ class RavdessDataModule(pl.LightningDataModule):
             log.warning("skipped %s: %s", skipped["location"], skipped["reason"])
 
     def load_corpus(self) -> PreparedCorpus:
-        """The prepared corpus; with ``synthesize_actors``, a synthetic one is written at ``root`` first (once)."""
-        if self.synthesize_actors:
-            from .synth import synthesize_corpus
+        """The prepared corpus; with ``synthesize_actors``, a synthetic one is written at ``root`` first
+        (once), unless ``root`` holds a corpus already."""
+        if self.synthesize_actors and not self._corpus_present:
+            from .synth import synthesize_unless_present
 
-            synthesize_corpus(self.root, actors=self.synthesize_actors, seed=0, progress=self.progress)
+            synthesize_unless_present(self.root, actors=self.synthesize_actors, progress=self.progress)
+            self._corpus_present = True  # fit and test each load the corpus: check (and say) once
         return prepare(
             self.root, self.cache_dir, self.settings, strict=self.strict, download=self.download, progress=self.progress
         )

@@ -21,6 +21,9 @@ import pooch
 import requests
 import urllib3
 
+from ..errors import UserError
+from .ravdess import RAVDESS_ARCHIVE
+
 __all__ = [
     "RAVDESS_ARCHIVE",
     "RAVDESS_MD5",
@@ -30,7 +33,6 @@ __all__ = [
     "fetch_archive",
 ]
 
-RAVDESS_ARCHIVE = "Audio_Speech_Actors_01-24.zip"
 RAVDESS_PAGE = "https://zenodo.org/records/1188976"
 RAVDESS_URL = f"{RAVDESS_PAGE}/files/{RAVDESS_ARCHIVE}?download=1"
 RAVDESS_MD5 = "bc696df654c87fed845eb13823edef8a"
@@ -48,7 +50,7 @@ CHUNK_SIZE = 1 << 16
 PART_SUFFIX = ".part"
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The archive could not be obtained; the message, one line, says what to do about it."""
 
 

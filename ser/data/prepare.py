@@ -12,11 +12,12 @@ a cache that later loads as valid.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
-import shutil
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json
+from ..atomic import atomic_dir, write_json, write_text
 from . import audio
 from .corpus import ArchiveSource, CorpusError, DirectorySource, SourceFile, open_source
 from .ravdess import parse_name
@@ -34,6 +35,7 @@ CACHE_VERSION = 2  # 2: trim_silence keeps clear of the noise floor
 _AUDIO_FILE = "audio.f32"
 _INDEX_FILE = "clips.json"
 _REPORT_FILE = "report.json"
+SKIPPED_FILE = "skipped.tsv"  # the skipped files and their reasons, for people and grep
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,11 @@ class PreparedCorpus:
         """Samples of clip ``index``, ``(T,)``: a view into the memory map, not a copy."""
         clip = self.clips[index]
         return self.samples[clip["offset"] : clip["offset"] + clip["length"]]
+
+    @property
+    def skipped_file(self) -> Path:
+        """``skipped.tsv`` in the cache entry: one row per skipped file, its location and the reason."""
+        return self.path / SKIPPED_FILE
 
     @property
     def sample_rate(self) -> int:
@@ -177,13 +184,32 @@ def _load(entry: Path) -> PreparedCorpus:
     return PreparedCorpus(path=entry, clips=index, **report)
 
 
+def _skipped_table(skipped: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(["location", "reason"])
+    writer.writerows([row["location"], row["reason"]] for row in skipped)
+    return buffer.getvalue()
+
+
 def _check_strict(corpus: PreparedCorpus) -> None:
+    """Raise StrictError when files were skipped; its first line, all that ``ser`` prints, names the list."""
     if corpus.skipped:
         lines = [f"  {s['location']}: {s['reason']}" for s in corpus.skipped]
         raise StrictError(
-            f"{len(corpus.skipped)} unusable file(s) and data.strict=true; fix or remove them, or set data.strict=false:\n"
-            + "\n".join(lines)
+            f"{len(corpus.skipped)} unusable file(s), listed in {corpus.skipped_file}, and data.strict=true; "
+            "fix or remove them, or set data.strict=false\n" + "\n".join(lines)
         )
+
+
+def _load_checked(entry: Path, strict: bool) -> PreparedCorpus:
+    corpus = _load(entry)
+    if not corpus.skipped_file.is_file():  # an entry from before the list was written
+        with contextlib.suppress(OSError):  # a read-only shared cache still loads
+            write_text(corpus.skipped_file, _skipped_table(corpus.skipped))
+    if strict:
+        _check_strict(corpus)
+    return corpus
 
 
 def prepare(
@@ -204,61 +230,68 @@ def prepare(
     cache_dir = Path(cache_dir).expanduser()
     entry = cache_dir / _cache_key(source, settings)
     if (entry / _REPORT_FILE).is_file():
-        corpus = _load(entry)
-        if strict:
-            _check_strict(corpus)
-        return corpus
+        return _load_checked(entry, strict)
 
     files = source.files()
     if not files:
         raise CorpusError(f"no audio files in {source.description}; point data.root at the RAVDESS corpus")
     keep, skipped, excluded = _sort_out(files, settings)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=cache_dir))
     try:
-        clips, offset, digests = [], 0, {}
-        tasks = [(source, file, settings) for file, _ in keep]
-        workers = workers or 2 * (os.cpu_count() or 1)
-        with open(building / _AUDIO_FILE, "wb") as samples_file:
-            results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} clips")
-            for (file, name), (samples, reason, digest) in zip(keep, results):
-                if reason is None and digest in digests:
-                    reason = f"same content as {digests[digest]}"
-                if reason is not None:
-                    skipped.append({"key": file.key, "location": file.location, "reason": reason})
-                    continue
-                digests[digest] = file.location
-                samples_file.write(samples.tobytes())
-                clips.append(
-                    {
-                        "key": file.key,
-                        "offset": offset,
-                        "length": len(samples),
-                        "label": name.label,
-                        "emotion": name.emotion,
-                        "actor": name.actor,
-                        "gender": name.gender,
-                        "intensity": name.intensity,
-                        "statement": name.statement,
-                        "repetition": name.repetition,
-                    }
-                )
-                offset += len(samples)
-            samples_file.flush()
-            os.fsync(samples_file.fileno())
-        if not clips:
-            raise CorpusError(f"none of the {len(files)} files in {source.description} is a usable RAVDESS clip")
-        report = {"skipped": skipped, "excluded": excluded, "source": source.description, "settings": asdict(settings)}
-        write_json(building / _INDEX_FILE, clips)
-        write_json(building / _REPORT_FILE, report)  # written last: its presence marks a complete entry
-        try:
-            os.replace(building, entry)
-        except OSError:  # another process finished the same entry first; theirs is as good as ours
-            shutil.rmtree(building, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    corpus = _load(entry)
-    if strict:
-        _check_strict(corpus)
-    return corpus
+        # built in a temporary folder and renamed into place when complete, with the umask's mode
+        with atomic_dir(entry) as building:
+            _build(building, source, files, keep, skipped, excluded, settings, workers, progress)
+    except OSError:
+        if not (entry / _REPORT_FILE).is_file():
+            raise
+        # another process finished the same entry first; theirs is as good as ours
+    return _load_checked(entry, strict)
+
+
+def _build(
+    building: Path,
+    source: DirectorySource | ArchiveSource,
+    files: list[SourceFile],
+    keep: list[tuple[SourceFile, object]],
+    skipped: list[dict],
+    excluded: int,
+    settings: PrepareSettings,
+    workers: int | None,
+    progress: bool,
+) -> None:
+    """Decode the ``keep`` files into a cache entry in the folder ``building``."""
+    clips, offset, digests = [], 0, {}
+    tasks = [(source, file, settings) for file, _ in keep]
+    workers = workers or 2 * (os.cpu_count() or 1)
+    with open(building / _AUDIO_FILE, "wb") as samples_file:
+        results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} clips")
+        for (file, name), (samples, reason, digest) in zip(keep, results):
+            if reason is None and digest in digests:
+                reason = f"same content as {digests[digest]}"
+            if reason is not None:
+                skipped.append({"key": file.key, "location": file.location, "reason": reason})
+                continue
+            digests[digest] = file.location
+            samples_file.write(samples.tobytes())
+            clips.append(
+                {
+                    "key": file.key,
+                    "offset": offset,
+                    "length": len(samples),
+                    "label": name.label,
+                    "emotion": name.emotion,
+                    "actor": name.actor,
+                    "gender": name.gender,
+                    "intensity": name.intensity,
+                    "statement": name.statement,
+                    "repetition": name.repetition,
+                }
+            )
+            offset += len(samples)
+        samples_file.flush()
+        os.fsync(samples_file.fileno())
+    if not clips:
+        raise CorpusError(f"none of the {len(files)} files in {source.description} is a usable RAVDESS clip")
+    report = {"skipped": skipped, "excluded": excluded, "source": source.description, "settings": asdict(settings)}
+    write_json(building / _INDEX_FILE, clips)
+    write_text(building / SKIPPED_FILE, _skipped_table(skipped))
+    write_json(building / _REPORT_FILE, report)  # written last: its presence marks a complete entry

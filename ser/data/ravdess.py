@@ -30,6 +30,7 @@ EMOTION_TO_CODE: dict[str, int] = {name: code for code, name in EMOTION_CODES.it
 
 STATEMENTS: dict[int, str] = {1: "Kids are talking by the door", 2: "Dogs are sitting by the door"}
 NUM_ACTORS = 24
+RAVDESS_ARCHIVE = "Audio_Speech_Actors_01-24.zip"  # the official speech archive on Zenodo
 SPEECH_MODALITY = 3  # audio-only
 SPEECH_CHANNEL = 1  # speech (2 is song)
 

@@ -14,17 +14,19 @@ import csv
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..atomic import write_text
+from ..errors import UserError
 from .ravdess import EMOBOX_FOLDS
 
 SPLITS = ("random", "speaker", "fold")
 STAGES = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """A split that cannot be made from this corpus; the message says what to change."""
 
 
@@ -74,8 +76,8 @@ def make_split(
     if split == "speaker":
         if len(present) < test_actors + val_actors + 1:
             raise SplitError(
-                f"data.split=speaker needs more than {test_actors + val_actors} actors and the corpus has {len(present)}; "
-                "lower data.test_actors / data.val_actors"
+                f"data.split=speaker needs more than {test_actors + val_actors} actors and the corpus has "
+                f"{len(present)}; lower data.test_actors / data.val_actors"
             )
         test = _pick_actors(present, test_actors, rng)
     elif split == "fold":
@@ -96,6 +98,19 @@ def make_split(
         "val": all_indices[np.isin(actors, val)],
         "test": all_indices[np.isin(actors, test)],
     }
+
+
+def describe_protocol(data: Any) -> str:
+    """Say which evaluation protocol a number comes from; it is stored next to every metric.
+
+    ``data``: the data config (``split``, ``test_size``, ``fold``, ``test_actors``, ``val_actors``).
+    """
+    if data.split == "random":
+        held_out = data.test_size
+        return f"random stratified {1 - held_out:.0%}/{held_out:.0%} split (speakers shared between train and test)"
+    if data.split == "fold":
+        return f"EmoBox speaker-independent fold {data.fold} of 6"
+    return f"speaker-independent split ({data.test_actors} test actors, {data.val_actors} validation actors)"
 
 
 def write_manifest(path: str | Path, clips: Sequence[Mapping], split: Mapping[str, np.ndarray]) -> Path:

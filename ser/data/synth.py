@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import json
+import logging
 import math
 import os
 import shutil
@@ -33,8 +34,11 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from ..atomic import write_json
+from ..atomic import atomic_file, write_json
+from .corpus import holds_corpus
 from .ravdess import EMOTION_CODES, EMOTION_TO_CODE, NUM_ACTORS, SPEECH_CHANNEL, SPEECH_MODALITY, STATEMENTS, ClipName
+
+log = logging.getLogger(__name__)
 
 VERSION = 1  # bump whenever the audio that a seed produces changes, so old corpora are re-made
 SAMPLE_RATE = 48_000  # RAVDESS's rate
@@ -407,13 +411,8 @@ def _write_clip(task: tuple[str, ClipName, int]) -> None:
     """Render one clip and write it atomically: readers never see half a file."""
     path, clip, seed = Path(task[0]), task[1], task[2]
     samples = render_clip(clip, seed)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         sf.write(tmp, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _init_worker(library: str) -> None:
@@ -499,7 +498,7 @@ def synthesize_corpus(
     write_json(partial, params)
 
     for folder in (path for path in out_dir.glob("Actor_*") if path.is_dir()):
-        for leftover in folder.glob(".*.tmp"):  # from an interrupted run
+        for leftover in folder.glob(".*.tmp*"):  # from an interrupted run
             leftover.unlink(missing_ok=True)
         if not any(folder.iterdir()):  # an actor of other parameters
             folder.rmdir()
@@ -511,6 +510,23 @@ def synthesize_corpus(
     write_json(marker, params)
     partial.unlink(missing_ok=True)
     return out_dir
+
+
+def synthesize_unless_present(
+    root: str | Path, actors: int | Sequence[int] = 24, seed: int = 0, progress: bool = True
+) -> Path:
+    """Synthesise a corpus at ``root`` (see :func:`synthesize_corpus`) unless another corpus is there.
+
+    ``data.synthesize_actors`` asks for a synthetic corpus where there is none; a folder that
+    already holds one (actor folders, audio files, the archive) that this module did not write is
+    used as it is, and one log line says so.
+    """
+    root = Path(root).expanduser()
+    made_here = (root / MARKER).is_file() or (root / _PARTIAL).is_file()
+    if not made_here and holds_corpus(root):
+        log.info("%s already holds a corpus: using it as it is, not synthesising one (data.synthesize_actors)", root)
+        return root
+    return synthesize_corpus(root, actors=actors, seed=seed, progress=progress)
 
 
 # Starting a worker (spawn, importing torch) costs about as much as making 100-odd clips.

@@ -17,13 +17,13 @@ to live here as plain attributes, which is what keeps the mapping a rename; `hf_
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from .encoder import uses_group_norm
+from .encoder import receptive_field, uses_group_norm
 from .pooling import build_pooling
 
 HEAD_TYPES = ("hf", "dense_tanh")
@@ -38,6 +38,31 @@ def check_batch(waveforms: Tensor, attention_mask: Tensor | None) -> None:
             f"attention_mask has shape {tuple(attention_mask.shape)} but waveforms have {tuple(waveforms.shape)}: "
             "give one flag per sample"
         )
+
+
+def apply_at_true_lengths(
+    function: Callable[[Tensor], Tensor], waveforms: Tensor, attention_mask: Tensor | None
+) -> Tensor:
+    """``function`` of each clip at its true length, for models that must not see padding: (B, ...) rows.
+
+    ``waveforms`` (B, T) are zero padded after each clip, ``attention_mask`` (B, T) marks the real
+    samples (None: none is padded). ``function`` maps clips (b, t) to rows (b, ...). Clips of equal
+    length share one call, so a batch of equal lengths is a single call, and a clip's result never
+    depends on its batch.
+    """
+    if attention_mask is None:
+        return function(waveforms)
+    lengths = attention_mask.long().sum(dim=-1)
+    if bool((lengths == waveforms.shape[1]).all()):
+        return function(waveforms)
+    result = None
+    for length in torch.unique(lengths).tolist():
+        rows = (lengths == length).nonzero(as_tuple=True)[0]
+        part = function(waveforms[rows, :length])
+        if result is None:
+            result = part.new_empty(waveforms.shape[0], *part.shape[1:])
+        result = result.index_copy(0, rows.to(part.device), part)
+    return result
 
 
 class SpeechClassifier(nn.Module):
@@ -115,23 +140,19 @@ class SpeechClassifier(nn.Module):
         self._check_lengths(lengths)
 
         if attention_mask is None or not self.encode_clips_alone:
-            pooled = self._pool(waveforms, attention_mask)
+            pooled = self.pool(waveforms, attention_mask)
         else:
-            pooled = self._pool_at_true_lengths(waveforms, lengths)
-        return self._classify(pooled)
+            # Clips of equal length share a pass: with no padding, a batch changes nothing.
+            pooled = apply_at_true_lengths(lambda clips: self.pool(clips, None), waveforms, attention_mask)
+        return self.classify(pooled)
 
     def _check_lengths(self, lengths: Tensor) -> None:
         frames = self.encoder._get_feat_extract_output_lengths(lengths)
         if (frames < 1).any():
             i = int(torch.argmin(frames))
-            need = 1
-            for kernel, stride in zip(
-                reversed(self.encoder.config.conv_kernel), reversed(self.encoder.config.conv_stride)
-            ):
-                need = (need - 1) * stride + kernel
             raise ValueError(
-                f"clip {i} has {int(lengths[i])} samples, fewer than the {need} the encoder needs for one frame: "
-                "pad or drop such clips"
+                f"clip {i} has {int(lengths[i])} samples, fewer than the {receptive_field(self.encoder.config)} "
+                "the encoder needs for one frame: pad or drop such clips"
             )
 
     def _frames(self, waveforms: Tensor, attention_mask: Tensor | None) -> Tensor:
@@ -148,7 +169,12 @@ class SpeechClassifier(nn.Module):
         weights = nn.functional.softmax(self.layer_weights, dim=-1)
         return (hidden_states * weights.view(-1, 1, 1)).sum(dim=1)
 
-    def _pool(self, waveforms: Tensor, attention_mask: Tensor | None) -> Tensor:
+    def pool(self, waveforms: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """Pooled features (B, P) of waveforms (B, T), masked by attention_mask (B, T) 1/True on real samples.
+
+        Unlike :meth:`forward` it checks nothing and passes padding to a group-norm encoder as it is:
+        it has no Python control flow, so an exporter can trace it.
+        """
         frames = self._frames(waveforms, attention_mask)
         mask = None
         if attention_mask is not None:
@@ -157,18 +183,8 @@ class SpeechClassifier(nn.Module):
             frames = self.projector(frames)
         return self.pooling(frames, mask)
 
-    def _pool_at_true_lengths(self, waveforms: Tensor, lengths: Tensor) -> Tensor:
-        # Clips of equal length share a pass: with no padding, a batch changes nothing.
-        pooled = None
-        for length in torch.unique(lengths).tolist():
-            rows = (lengths == length).nonzero(as_tuple=True)[0]
-            part = self._pool(waveforms[rows, :length], None)
-            if pooled is None:
-                pooled = part.new_empty(waveforms.shape[0], part.shape[1])
-            pooled = pooled.index_copy(0, rows, part)
-        return pooled
-
-    def _classify(self, pooled: Tensor) -> Tensor:
+    def classify(self, pooled: Tensor) -> Tensor:
+        """Logits (B, num_labels) of pooled features (B, P)."""
         if self.head == "hf":
             return self.classifier(self.dropout(pooled))
         hidden = torch.tanh(self.dense(self.dropout(pooled)))

@@ -16,6 +16,8 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from ..errors import UserError, first_line
+
 log = logging.getLogger(__name__)
 
 # Base models that take a raw 16 kHz waveform and share wav2vec 2.0's interface: a CNN
@@ -34,36 +36,48 @@ AUDIO_MODEL_TYPES = (
 _USE_INSTEAD = "use a wav2vec2, HuBERT, WavLM or data2vec-audio checkpoint"
 
 
-class EncoderError(RuntimeError):
-    """An encoder that cannot be loaded; the message is one line saying why and what to do."""
+class EncoderError(UserError):
+    """An encoder or a published model that cannot be loaded; the message is one line saying why and what to do."""
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _looks_like_path(name: str) -> bool:
+def is_local_path(name: str) -> bool:
+    """Whether ``name`` means a local path rather than a Hugging Face Hub name (``owner/model``)."""
     return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or Path(name).expanduser().exists()
 
 
-def _not_found(name: str, err: BaseException) -> EncoderError:
+def not_loadable(name: str, error: BaseException, what: str = "model", setting: str | None = None) -> EncoderError:
+    """The one-line error for a Hub name or local directory ``name`` that transformers could not load.
+
+    ``what`` names the thing ("encoder", "model", "feature extractor of"); ``setting`` is the option
+    to change (e.g. ``model.encoder``), or None for a function argument.
+    """
+    fix = f"set {setting} to" if setting else "give"
     path = Path(name).expanduser()
-    if _looks_like_path(name):
+    if is_local_path(name):
         if not path.exists():
             return EncoderError(
-                f"encoder directory '{name}' does not exist: set model.encoder to a Hugging Face model name or an existing directory"
+                f"{what} directory '{name}' does not exist: {fix} a Hugging Face model name or an existing directory"
             )
         if path.is_dir() and not (path / "config.json").is_file():
             return EncoderError(
-                f"encoder directory '{name}' has no config.json: set model.encoder to a directory written by save_pretrained"
+                f"{what} directory '{name}' has no config.json: {fix} a directory written by save_pretrained"
             )
-        if path.is_dir():
-            return EncoderError(f"could not load encoder '{name}': {_first_line(err)}")
+        return EncoderError(f"could not load {what} '{name}': {first_line(error)}")
     return EncoderError(
-        f"encoder '{name}' is not in the Hugging Face cache and could not be downloaded: "
-        "connect once to download it, or set model.encoder to a local directory"
+        f"{what} '{name}' is not in the Hugging Face cache and could not be downloaded: "
+        f"connect once to download it, or {fix} a local directory written by save_pretrained"
     )
+
+
+def receptive_field(config: PretrainedConfig | None) -> int:
+    """Samples the CNN feature encoder of ``config`` needs for one frame; 1 when it has no CNN (or no config)."""
+    kernels, strides = getattr(config, "conv_kernel", None), getattr(config, "conv_stride", None)
+    if not kernels or not strides:
+        return 1
+    need = 1
+    for kernel, stride in zip(reversed(list(kernels)), reversed(list(strides))):
+        need = (need - 1) * stride + kernel
+    return need
 
 
 def _check_audio(config: PretrainedConfig, name_or_path: str | None) -> None:
@@ -106,14 +120,14 @@ def load_encoder_config(name_or_path: str | None, overrides: Mapping | None = No
         try:
             return AutoConfig.for_model(model_type, **overrides)
         except (TypeError, ValueError) as err:
-            raise EncoderError(f"invalid encoder config for {model_type}: {_first_line(err)}") from None
+            raise EncoderError(f"invalid encoder config for {model_type}: {first_line(err)}") from None
 
     name_or_path = str(name_or_path)
     wanted_type = overrides.pop("model_type", None)
     try:
         config = AutoConfig.from_pretrained(name_or_path, **overrides)
     except (OSError, ValueError) as err:  # ValueError: a malformed name, or a config.json transformers cannot read
-        raise _not_found(name_or_path, err) from None
+        raise not_loadable(name_or_path, err, what="encoder", setting="model.encoder") from None
     _check_audio(config, name_or_path)
     if wanted_type is not None and wanted_type != config.model_type:
         raise EncoderError(
@@ -165,10 +179,10 @@ def build_encoder(
         try:
             model, info = AutoModel.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
         except OSError as err:  # config cached but weights not, or no weights file in the directory
-            raise _not_found(name_or_path, err) from None
+            raise not_loadable(name_or_path, err, what="encoder", setting="model.encoder") from None
         except RuntimeError as err:  # size mismatches between the checkpoint and the (overridden) config
             raise EncoderError(
-                f"the weights of '{name_or_path}' do not fit the encoder config ({_first_line(err)}): "
+                f"the weights of '{name_or_path}' do not fit the encoder config ({first_line(err)}): "
                 "drop model.encoder_config fields that change layer sizes"
             ) from None
         # masked_spec_embed exists only when masking is on, so a checkpoint saved without it may lack it
