@@ -29,6 +29,7 @@ from .data.datamodule import RavdessDataModule
 from .data.ravdess import EMOTIONS
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
+from .pruning import pruning_callbacks
 from .resume import (
     LAST_CHECKPOINT,
     AtomicCheckpointIO,
@@ -326,7 +327,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg, run_dir)
     history = History()
     logger = build_logger(cfg, run_dir, resuming=checkpoint is not None)
-    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history))
+    trainer = build_trainer(cfg, run_dir, logger, build_callbacks(cfg, run_dir, history) + pruning_callbacks(cfg))
     refuse_unsupported_launchers(trainer)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
