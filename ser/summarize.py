@@ -156,19 +156,15 @@ def _labels(overrides: list[list[str]]) -> list[str]:
 
 def _read_job(job_dir: Path, name: str, overrides: list[str], label: str, metrics: tuple[str, ...]) -> Job:
     metrics_file = job_dir / "metrics.json"
+    reported = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    values = {m: float(reported[m]) if isinstance(reported.get(m), (int, float)) else math.nan for m in metrics}
     if (job_dir / PRUNED_FILE).is_file():
         pruned = json.loads((job_dir / PRUNED_FILE).read_text())
-        reported = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        values = {m: float(reported[m]) if isinstance(reported.get(m), (int, float)) else math.nan for m in metrics}
         monitored = ", ".join(f"{k} {v:.4f}" for k, v in pruned.items() if "/" in k and isinstance(v, (int, float)))
         reason = f"after validation {pruned.get('validation')} ({monitored})"
         return Job(job_dir, name, overrides, label, "pruned", reason, values, reported.get("protocol"))
     if not metrics_file.is_file():
-        return Job(
-            job_dir, name, overrides, label, "failed", _error_line(job_dir), {m: math.nan for m in metrics}, None
-        )
-    reported = json.loads(metrics_file.read_text())
-    values = {m: float(reported[m]) if isinstance(reported.get(m), (int, float)) else math.nan for m in metrics}
+        return Job(job_dir, name, overrides, label, "failed", _error_line(job_dir), values, None)
     return Job(job_dir, name, overrides, label, "finished", None, values, reported.get("protocol"))
 
 
