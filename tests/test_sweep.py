@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.ser_optuna_sweeper._impl import OptunaSweeperImpl, SearchSpaceError, distribution_of, search_space
+from hydra_plugins.ser_optuna_sweeper._impl import OptunaSweeperImpl, SweeperConfigError, distribution_of, search_space
 from ser.cli import CONF_DIR
 from ser.config import register_configs
 from ser.pruning import PRUNED_FILE, OfferedTrial, OptunaPruning, PruningMetricError, offer_trials, pruning_callbacks
@@ -139,7 +139,7 @@ def test_the_search_space_is_the_config_params_with_the_command_line_on_top():
     assert distribution_of(_override("a=interval(1, 8)")) == FloatDistribution(1, 8)
     assert distribution_of(_override("a=tag(int, log, interval(1, 8))")) == IntDistribution(1, 8, log=True)
     assert distribution_of(_override("a=x,y")) == CategoricalDistribution(["x", "y"])
-    with pytest.raises(SearchSpaceError, match="range is empty"):
+    with pytest.raises(SweeperConfigError, match="range is empty"):
         distribution_of(_override("a=range(5, 1)"))
 
 

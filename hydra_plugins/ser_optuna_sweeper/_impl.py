@@ -28,7 +28,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from ser import atomic
-from ser.errors import first_line
+from ser.errors import UserError, first_line
 from ser.pruning import offer_trials
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ class TrialFailedError(RuntimeError):
     """More trials failed than ``hydra.sweeper.max_failure_rate`` allows."""
 
 
-class SearchSpaceError(ValueError):
-    """A ``hydra.sweeper.params`` entry or command-line sweep that Optuna cannot sample."""
+class SweeperConfigError(UserError):
+    """A ``hydra.sweeper`` setting, ``params`` entry or command-line sweep that this sweeper cannot run."""
 
 
 def distribution_of(override: Override) -> BaseDistribution:
@@ -53,7 +53,7 @@ def distribution_of(override: Override) -> BaseDistribution:
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())
         if not values:
-            raise SearchSpaceError(
+            raise SweeperConfigError(
                 f"{override.input_line}: the range is empty: give range(start, stop) with start < stop"
             )
         if all(isinstance(v, int) for v in values) and value.step > 0:
@@ -64,7 +64,7 @@ def distribution_of(override: Override) -> BaseDistribution:
         if "int" in value.tags:  # Hydra parses interval(1, 8) into floats
             return IntDistribution(int(value.start), int(value.end), log=log_scale)
         return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise SearchSpaceError(
+    raise SweeperConfigError(
         f"{override.input_line}: Optuna cannot sample this sweep: use choice(), range() or interval()"
     )
 
@@ -109,9 +109,9 @@ class OptunaSweeperImpl:
         params: DictConfig | dict | None,
     ) -> None:
         if direction not in ("minimize", "maximize"):
-            raise SearchSpaceError(f"hydra.sweeper.direction={direction}: use minimize or maximize")
+            raise SweeperConfigError(f"hydra.sweeper.direction={direction}: use minimize or maximize")
         if n_jobs < 1:
-            raise SearchSpaceError(f"hydra.sweeper.n_jobs={n_jobs}: run at least one trial at a time")
+            raise SweeperConfigError(f"hydra.sweeper.n_jobs={n_jobs}: run at least one trial at a time")
         self.sampler = sampler
         self.pruner = pruner
         self.direction = direction
