@@ -108,10 +108,6 @@ class OptunaSweeperImpl:
         max_failure_rate: float,
         params: DictConfig | dict | None,
     ) -> None:
-        if direction not in ("minimize", "maximize"):
-            raise SweeperConfigError(f"hydra.sweeper.direction={direction}: use minimize or maximize")
-        if n_jobs < 1:
-            raise SweeperConfigError(f"hydra.sweeper.n_jobs={n_jobs}: run at least one trial at a time")
         self.sampler = sampler
         self.pruner = pruner
         self.direction = direction
@@ -131,6 +127,10 @@ class OptunaSweeperImpl:
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def sweep(self, arguments: list[str]) -> None:
+        if self.direction not in ("minimize", "maximize"):
+            raise SweeperConfigError(f"hydra.sweeper.direction={self.direction}: use minimize or maximize")
+        if self.n_jobs < 1:
+            raise SweeperConfigError(f"hydra.sweeper.n_jobs={self.n_jobs}: run at least one trial at a time")
         distributions, fixed = search_space(self.params, arguments)
         study = optuna.create_study(
             study_name=self.study_name,

@@ -21,4 +21,10 @@ class OptunaSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        return self.sweeper.sweep(arguments)
+        from ser.errors import UserError
+
+        try:
+            return self.sweeper.sweep(arguments)
+        except UserError as error:
+            # Hydra would print its traceback; a user error is one line, as train.py prints it
+            raise SystemExit(f"error: {error}") from None
