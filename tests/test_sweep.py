@@ -143,6 +143,18 @@ def test_the_search_space_is_the_config_params_with_the_command_line_on_top():
         distribution_of(_override("a=range(5, 1)"))
 
 
+def test_a_bad_sweeper_setting_ends_the_sweep_in_one_line_before_any_trial():
+    from hydra_plugins.ser_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    settings = dict(storage=None, study_name="s", n_trials=2, max_failure_rate=0.0, params=None)
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="sideways", n_jobs=1, **settings)
+    with pytest.raises(SystemExit, match=r"^error: hydra.sweeper.direction=sideways: use minimize or maximize$"):
+        sweeper.sweep([])
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", n_jobs=1, **settings)
+    with pytest.raises(SystemExit, match=r"^error: data.fold=range\(5, 1\): the range is empty"):
+        sweeper.sweep(["data.fold=range(5, 1)"])
+
+
 def _validation(trainer_metrics: dict[str, float]):
     """The trainer as the pruning callback sees it after a validation."""
     import torch

@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
@@ -70,14 +71,14 @@ def distribution_of(override: Override) -> BaseDistribution:
 
 
 def search_space(
-    params: dict[str, str] | None, arguments: Sequence[str]
+    params: dict[str, str] | None, arguments: Sequence[str], config_loader: ConfigLoader | None = None
 ) -> tuple[dict[str, BaseDistribution], list[str]]:
     """The distributions to sample and the fixed overrides of every job.
 
     ``params`` (from the config) comes first; a command-line argument for the same key replaces it: a
     single value fixes the key, a sweep replaces its range.
     """
-    parser = OverridesParser.create()
+    parser = OverridesParser.create(config_loader)  # the loader lists a group's options for glob(...)
     configured = parser.parse_overrides([f"{key}={value}" for key, value in (params or {}).items()])
     entries: dict[str, Override] = {override.get_key_element(): override for override in configured}
     for override in parser.parse_overrides(list(arguments)):
@@ -118,6 +119,7 @@ class OptunaSweeperImpl:
         self.max_failure_rate = max_failure_rate
         self.params = OmegaConf.to_container(params) if isinstance(params, DictConfig) else params
         self.job_idx = 0
+        self.config_loader: ConfigLoader | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -125,13 +127,14 @@ class OptunaSweeperImpl:
             hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.config_loader = hydra_context.config_loader
 
     def sweep(self, arguments: list[str]) -> None:
         if self.direction not in ("minimize", "maximize"):
             raise SweeperConfigError(f"hydra.sweeper.direction={self.direction}: use minimize or maximize")
         if self.n_jobs < 1:
             raise SweeperConfigError(f"hydra.sweeper.n_jobs={self.n_jobs}: run at least one trial at a time")
-        distributions, fixed = search_space(self.params, arguments)
+        distributions, fixed = search_space(self.params, arguments, self.config_loader)
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
