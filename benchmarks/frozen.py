@@ -12,7 +12,7 @@ from ``--encoder-config`` with random weights (default ``base``: wav2vec2-base's
 - cached: the encoder's output extracted once into the feature cache (:mod:`ser.features`; the
   extraction is timed, and the cache's size measured), then the same head, from the same initial
   weights, trained on the same batches in the same order, reading frames from the cache
-  (``ser.features.classify_frames``). Being fast, this loop is timed over several repeats (the median
+  (``SpeechClassifier.forward_frames``). Being fast, this loop is timed over several repeats (the median
   counts); its first repeat gives the results compared with the audio side's: the loss at every step,
   and the trained head's weights (Adam moves a weight by about the learning rate whatever its gradient's
   size, so a weight whose gradient is near zero may differ by about one step's size).
@@ -115,10 +115,11 @@ def main() -> None:
     args = parse_args()
     import torch
 
+    from ser.data.features import FrameDataset, cache_size, collate_frames
     from ser.data.prepare import PrepareSettings, prepare
     from ser.data.splits import make_split
     from ser.data.synth import synthesize_corpus
-    from ser.features import FrameDataset, cache_size, classify_frames, collate_frames, extract_features
+    from ser.features import extract_features
     from ser.models import SpeechClassifier, build_encoder, load_encoder_config
     from ser.probe import layer_summary, run_probe
 
@@ -153,7 +154,7 @@ def main() -> None:
 
         def cached_logits(model, batch):
             frames = collate_frames([dataset[int(i)] for i in batch])
-            return classify_frames(model, frames["frames"], frames["mask"])
+            return model.forward_frames(frames["frames"], frames["mask"])
 
         cached_runs = [train_head(classifier, batches, labels, cached_logits) for _ in range(CACHED_REPEATS)]
         cached_seconds = statistics.median(run[0] for run in cached_runs)

@@ -183,39 +183,34 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     import torch
 
+    from .config import ConfigError, compose_data
     from .data.prepare import PrepareSettings, prepare
-    from .errors import UserError
     from .probe import layer_summary, load_probe_encoder, run_probe
 
     wrong = [o for o in args.overrides if not o.startswith("data.") or "=" not in o]
     if wrong:
-        raise SystemExit(f"error: ser probe takes data.KEY=VALUE overrides only, not {' '.join(wrong)}")
-    cfg = data_config(args.overrides)
+        raise ConfigError(f"ser probe takes data.KEY=VALUE overrides only, not {' '.join(wrong)}")
+    cfg = compose_data(args.overrides)
     try:
         folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     except ValueError:
-        raise SystemExit(f"error: --folds {args.folds} is not a list of fold numbers such as 1,2,3") from None
+        raise ConfigError(f"--folds {args.folds} is not a list of fold numbers such as 1,2,3") from None
     out = args.out or Path("outputs") / f"probe-{datetime.now():%Y-%m-%d_%H-%M-%S}"
-    try:
-        encoder, preprocessing = load_probe_encoder(args.encoder)
-        encoder.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if cfg.synthesize_actors:
-            from .data.synth import synthesize_corpus
+    encoder, preprocessing = load_probe_encoder(args.encoder)
+    encoder.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.synthesize_actors:
+        from .data.synth import synthesize_unless_present
 
-            synthesize_corpus(cfg.root, actors=cfg.synthesize_actors, seed=0, progress=not args.quiet)
-        settings = PrepareSettings(
-            sample_rate=preprocessing.get("sample_rate", cfg.sample_rate),
-            normalize=preprocessing.get("normalize", cfg.normalize),
-            trim_db=preprocessing.get("trim_db", cfg.trim_db),
-        )
-        corpus = prepare(
-            cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
-        )
-        result = run_probe(
-            encoder, corpus, cfg.cache_dir, out, folds=folds, title=args.encoder, progress=not args.quiet
-        )
-    except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+        synthesize_unless_present(cfg.root, actors=cfg.synthesize_actors, progress=not args.quiet)
+    settings = PrepareSettings(
+        sample_rate=preprocessing.get("sample_rate", cfg.sample_rate),
+        normalize=preprocessing.get("normalize", cfg.normalize),
+        trim_db=preprocessing.get("trim_db", cfg.trim_db),
+    )
+    corpus = prepare(
+        cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
+    )
+    result = run_probe(encoder, corpus, cfg.cache_dir, out, folds=folds, title=args.encoder, progress=not args.quiet)
     folds_done = sorted({row["fold"] for row in result.rows})
     print(f"{'layer':>5}  {'UA mean':>7}  {'UA std':>6}  (over folds {','.join(map(str, folds_done))})")
     for layer, ua in layer_summary(result.rows).items():

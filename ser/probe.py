@@ -30,11 +30,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .atomic import save_figure, write_json, write_text
+from .data.features import CachedFeatures
 from .data.prepare import PreparedCorpus
 from .data.ravdess import EMOBOX_FOLDS, EMOTIONS
 from .data.splits import SplitError, make_split
 from .errors import UserError
-from .features import CachedFeatures, extract_features
+from .features import extract_features
 from .models.encoder import build_encoder, load_encoder_config
 
 log = logging.getLogger(__name__)

@@ -44,6 +44,7 @@ from .data.splits import describe_protocol
 from .errors import UserError
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
+from .pruning import pruning_callbacks
 from .resume import (
     AtomicCheckpointIO,
     checkpoint_of_requeued_job,
@@ -192,7 +193,9 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
     datamodule = build_datamodule(cfg, run_dir)
     history = History()
     logger = build_logger(cfg, run_dir, resuming=checkpoint is not None)
-    trainer = build_trainer(cfg, run_dir, logger, [*callbacks, *build_callbacks(cfg, run_dir, history)])
+    trainer = build_trainer(
+        cfg, run_dir, logger, [*callbacks, *build_callbacks(cfg, run_dir, history), *pruning_callbacks(cfg)]
+    )
     refuse_unsupported_launchers(trainer)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

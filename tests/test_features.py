@@ -11,16 +11,9 @@ import torch
 
 from ser import features as features_module
 from ser.data.batching import ClipDataset, collate
+from ser.data.features import CachedFeatures, FeatureCacheError, FrameDataset, collate_frames
 from ser.data.prepare import PrepareSettings, prepare
-from ser.features import (
-    CachedFeatures,
-    FeatureCacheError,
-    FrameDataset,
-    classify_frames,
-    collate_frames,
-    extract_features,
-    feature_key,
-)
+from ser.features import extract_features, feature_key
 from ser.models import SpeechClassifier, build_encoder, load_encoder_config
 
 from .helpers import TINY_ENCODER, write_noise_corpus
@@ -85,7 +78,7 @@ def assert_logits_close(classifier, corpus, cached, layer):
     with torch.no_grad():
         on_audio = classifier(audio["waveforms"], audio["attention_mask"])
         batch = collate_frames([FrameDataset(cached, clips, layer=layer)[i] for i in clips])
-        on_frames = classify_frames(classifier, batch["frames"], batch["mask"])
+        on_frames = classifier.forward_frames(batch["frames"], batch["mask"])
     assert on_frames.shape == on_audio.shape == (len(clips), 8)
     torch.testing.assert_close(on_frames, on_audio, atol=5e-3, rtol=1e-2)  # float16 frames
 

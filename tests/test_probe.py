@@ -95,4 +95,6 @@ def test_probe_refuses_bad_arguments_in_one_line(probe_corpus, encoder_dir, tmp_
     ]:
         with pytest.raises(SystemExit) as exit_:
             main([*base, *extra, "--out", str(tmp_path / "out")])
-        assert message in str(exit_.value) and "\n" not in str(exit_.value)
+        assert exit_.value.code == 1
+        last = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading bar, if any
+        assert last.startswith("error: ") and message in last

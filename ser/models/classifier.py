@@ -183,6 +183,28 @@ class SpeechClassifier(nn.Module):
             frames = self.projector(frames)
         return self.pooling(frames, mask)
 
+    def forward_frames(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits (B, num_labels) of the encoder's hidden states, without running the encoder.
+
+        ``frames``: the encoder's output (B, T, D), or with ``use_weighted_layer_sum`` every hidden state
+        (B, T, L, D), the embedding output first, as a feature cache stores them; ``mask`` (B, T) True on
+        real frames (None: none is padding). Gives :meth:`forward`'s logits for the audio they came from.
+        """
+        if self.use_weighted_layer_sum:
+            expected = self.layer_weights.shape[0]
+            if frames.dim() != 4 or frames.shape[2] != expected:
+                raise ValueError(
+                    f"frames have shape {tuple(frames.shape)}: a weighted layer sum needs all {expected} "
+                    "hidden states, (B, T, L, D)"
+                )
+            weights = nn.functional.softmax(self.layer_weights, dim=-1)
+            frames = (frames * weights.view(1, 1, -1, 1)).sum(dim=2)
+        elif frames.dim() != 3:
+            raise ValueError(f"frames have shape {tuple(frames.shape)}: give the encoder's output, (B, T, D)")
+        if self.projector is not None:
+            frames = self.projector(frames)
+        return self.classify(self.pooling(frames, mask))
+
     def classify(self, pooled: Tensor) -> Tensor:
         """Logits (B, num_labels) of pooled features (B, P)."""
         if self.head == "hf":
