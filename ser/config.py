@@ -60,6 +60,11 @@ class ModelConfig:
     use_weighted_layer_sum: bool = False
     freeze_feature_encoder: bool = True
     freeze_encoder_steps: int = 0
+    # the whole encoder frozen, in eval mode, for the whole run: only the head (and layer_weights) trains
+    freeze_encoder: bool = False
+    # with freeze_encoder: train on the encoder's hidden states, extracted once into data.cache_dir;
+    # None: true when frozen
+    cache_features: bool | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = "sdpa"
     class_weights: list[float] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,3 +162,66 @@ def test_frozen_benchmark_writes_its_section(tmp_path):
     assert float(audio) > 0 and float(cached) > 0
     assert row(section, "speed-up of training on cached features")[0].split("x")[0].isdigit()
     assert "target under 900 s" in row(section, "full probe: extraction + probes (s)")[0]
+
+
+# --- training a frozen encoder on cached features --------------------------------------------------
+
+
+def test_frozen_training_reads_the_cache_reuses_it_and_leaves_a_usable_checkpoint(cfg_train, tmp_path, capsys, caplog):
+    from omegaconf import open_dict
+
+    from ser.cli import main
+    from ser.module import SERModule
+    from ser.train import build_module, train
+
+    with open_dict(cfg_train):
+        cfg_train.model.freeze_encoder = True
+        cfg_train.data.cache_dir = str(tmp_path / "cache")
+    with caplog.at_level("INFO", logger="ser.features"):
+        train(cfg_train)
+    assert "feature cache: " in capsys.readouterr().out  # the size, printed before extracting
+    assert any(r.getMessage().startswith("feature cache written to") for r in caplog.records)
+    entries = list((tmp_path / "cache" / "features").iterdir())
+    assert len(entries) == 1
+
+    caplog.clear()
+    other = cfg_train.copy()
+    with open_dict(other):
+        other.run_dir = str(tmp_path / "other")
+        other.model.pooling = "max"
+        other.model.projector_dim = 32
+        other.model.head_dropout = 0.2
+    with caplog.at_level("INFO", logger="ser.features"):
+        train(other)
+    reuse = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reusing the feature cache")]
+    assert reuse == [f"reusing the feature cache {entries[0]}"]
+    assert list((tmp_path / "cache" / "features").iterdir()) == entries
+
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    module = SERModule.load_from_checkpoint(best, map_location="cpu")
+    import pytorch_lightning as pl
+
+    pl.seed_everything(cfg_train.seed)
+    initial = build_module(cfg_train).model.encoder.state_dict()
+    for name, weight in module.model.encoder.state_dict().items():
+        torch.testing.assert_close(weight, initial[name], rtol=0, atol=0, msg=name)  # the encoder never trained
+
+    wav = next(Path(cfg_train.data.root).rglob("*.wav"))
+    main(["-q", "predict", str(best), str(wav), "--json"])
+    assert '"label"' in capsys.readouterr().out
+    overrides = [f"data.root={cfg_train.data.root}", f"data.cache_dir={tmp_path / 'cache'}", "data.split=speaker"]
+    main(
+        [
+            "-q",
+            "evaluate",
+            str(best),
+            *overrides,
+            "data.val_actors=2",
+            "data.test_actors=2",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    main(["-q", "export", str(best), str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "config.json").is_file()

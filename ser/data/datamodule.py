@@ -23,7 +23,10 @@ class RavdessDataModule(pl.LightningDataModule):
 
     ``prepare_data`` preprocesses the corpus into the cache once (rank 0 only); ``setup`` loads it
     from there without decoding, makes the split and writes its manifest to ``manifest_path``.
+    Subclasses change what a batch holds through :meth:`dataset` and ``collate_fn``.
     """
+
+    collate_fn = staticmethod(collate)
 
     def __init__(
         self,
@@ -133,7 +136,7 @@ class RavdessDataModule(pl.LightningDataModule):
         )
         options = dict(
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,

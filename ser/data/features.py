@@ -7,6 +7,8 @@ entries and needs no model::
     dataset = FrameDataset(features, indices, max_seconds=3.0)       # items: frames (T', D), label
     batch = collate_frames([dataset[(i, epoch)] for i in range(8)])  # frames (B, T', D), mask (B, T')
 
+:class:`CachedFeatureDataModule` is the training data module on such an entry.
+
 An entry holds:
 
 - ``frames.npy``: float16 ``(F, L_f, D)``, every clip's frames back to back (``F`` frames in all), for
@@ -31,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .datamodule import RavdessDataModule
 
 OUTPUT = "output"  # the encoder's last_hidden_state, which a head without a weighted layer sum reads
 META_FILE = "features.json"
@@ -207,3 +210,39 @@ def collate_frames(items: list[dict]) -> dict[str, Tensor]:
 def cache_size(features: CachedFeatures) -> int:
     """Bytes on disk of a feature cache entry."""
     return sum(f.stat().st_size for f in features.path.iterdir() if f.is_file())
+
+
+class CachedFeatureDataModule(RavdessDataModule):
+    """:class:`~ser.data.datamodule.RavdessDataModule` whose batches are cached frames instead of audio.
+
+    The corpus, its split and its manifest are the audio data module's; :meth:`attach` then gives the
+    feature cache extracted from that corpus (:func:`ser.features.extract_features`), and every loader
+    yields ``frames`` (B, T', D) (or (B, T', L, D) with ``layer=None``), ``mask`` (B, T'), ``labels`` and
+    ``index``. A training crop (``max_seconds``) is a window of frames.
+    """
+
+    collate_fn = staticmethod(collate_frames)
+
+    def __init__(self, *args, layer: int | str | None = OUTPUT, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.layer = layer
+        self.features: CachedFeatures | None = None
+
+    def attach(self, features: CachedFeatures) -> None:
+        """Read batches from ``features``, which must hold this corpus's clips in its order."""
+        if self.corpus is None:
+            self.setup()
+        keys = [clip["key"] for clip in self.corpus.clips]
+        if features.keys != keys:
+            raise FeatureCacheError(
+                f"the feature cache {features.path} holds other clips than the corpus {self.corpus.path}: "
+                "extract the features of this corpus"
+            )
+        FrameDataset(features, [], layer=self.layer)  # refuses a cache without the layer now, not at the first batch
+        self.features = features
+
+    def dataset(self, stage: str) -> FrameDataset:
+        if self.features is None:
+            raise RuntimeError("CachedFeatureDataModule.attach(features) must come before its loaders")
+        crop = self.max_samples / self.settings.sample_rate if stage == "train" and self.max_samples else None
+        return FrameDataset(self.features, self.split[stage], max_seconds=crop, layer=self.layer, seed=self.seed)
