@@ -72,6 +72,7 @@ class SERModule(pl.LightningModule):
         projector_dim: int = 256,
         head_dropout: float = 0.0,
         use_weighted_layer_sum: bool = False,
+        utterance_norm: bool = False,
         freeze_feature_encoder: bool = True,
         freeze_encoder_steps: int = 0,
         freeze_encoder: bool = False,
@@ -122,6 +123,7 @@ class SERModule(pl.LightningModule):
             projector_dim=projector_dim,
             head_dropout=head_dropout,
             use_weighted_layer_sum=use_weighted_layer_sum,
+            utterance_norm=utterance_norm,
         )
         if freeze_feature_encoder:
             self.model.freeze_feature_encoder()

@@ -17,7 +17,7 @@ from ser.data.prepare import PrepareSettings, prepare
 from ser.features import extract_features, feature_key
 from ser.models import SpeechClassifier, build_encoder, load_encoder_config
 
-from .helpers import TINY_ENCODER, write_noise_corpus
+from .helpers import CONF_DIR, TINY_ENCODER, compose_config, tiny_run_overrides, write_noise_corpus
 
 # wav2vec2-base's group-norm feature encoder, shrunk: such clips are encoded one length at a time
 TINY_GROUP_NORM = {**TINY_ENCODER, "feat_extract_norm": "group", "do_stable_layer_norm": False}
@@ -85,12 +85,18 @@ def assert_logits_close(classifier, corpus, cached, layer):
 
 
 @pytest.mark.parametrize(
-    "config, weighted",
-    [(TINY_ENCODER, False), (TINY_GROUP_NORM, False), (TINY_ENCODER, True)],
-    ids=["layer-norm", "group-norm", "weighted-layer-sum"],
+    "config, weighted, head",
+    [
+        (TINY_ENCODER, False, {}),
+        (TINY_GROUP_NORM, False, {}),
+        (TINY_ENCODER, True, {}),
+        (TINY_GROUP_NORM, False, {"head": "emobox", "utterance_norm": True}),
+    ],
+    ids=["layer-norm", "group-norm", "weighted-layer-sum", "emobox-head"],
 )
-def test_head_on_cached_frames_gives_the_logits_of_the_frozen_model(small_corpus, tmp_path, config, weighted):
-    classifier = SpeechClassifier(tiny_encoder(config=config), num_labels=8, use_weighted_layer_sum=weighted).eval()
+def test_head_on_cached_frames_gives_the_logits_of_the_frozen_model(small_corpus, tmp_path, config, weighted, head):
+    encoder = tiny_encoder(config=config)
+    classifier = SpeechClassifier(encoder, num_labels=8, use_weighted_layer_sum=weighted, **head).eval()
     if weighted:
         with torch.no_grad():
             classifier.layer_weights.copy_(torch.tensor([0.2, 0.5, 0.3]))
@@ -225,3 +231,40 @@ def test_frozen_training_reads_the_cache_reuses_it_and_leaves_a_usable_checkpoin
     assert (tmp_path / "ev" / "metrics.json").is_file()
     main(["-q", "export", str(best), str(tmp_path / "hf")])
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+# --- EmoBox's recipe -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", sorted(path.stem for path in (CONF_DIR / "model").glob("*.yaml")))
+def test_the_emobox_experiment_composes_with_every_encoder(model):
+    cfg = compose_config(["experiment=emobox", f"model={model}"])
+    assert cfg.model.freeze_encoder and cfg.model.cache_features and cfg.model.utterance_norm
+    assert (cfg.model.head, cfg.model.projector_dim, cfg.model.pooling) == ("emobox", 256, "mean")
+    assert not cfg.model.use_weighted_layer_sum  # EmoBox reads the last layer, whatever the model config says
+    assert (cfg.data.split, cfg.data.batch_size, cfg.data.max_seconds) == ("fold", 32, None)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.trainer.max_epochs) == ("adam", 1e-4, 20)
+    assert cfg.model.encoder == compose_config([f"model={model}"]).model.encoder  # the encoder stays the chosen one
+
+
+def test_the_emobox_experiment_trains_a_tiny_encoder_on_cached_features(corpus_dir, tmp_path):
+    from ser.train import train
+
+    run = tiny_run_overrides(corpus_dir, tmp_path / "cache", "data.batch_size=8", "trainer.max_epochs=1")
+    cfg = compose_config(["experiment=emobox", "model=tiny", *run[1:], f"run_dir={tmp_path / 'run'}"])
+    assert run[0] == "experiment=demo" and cfg.model.head == "emobox"
+
+    metrics = train(cfg)
+
+    assert 0.0 <= metrics["test/uar"] <= 1.0 and (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert len(list((tmp_path / "cache" / "features").iterdir())) == 1
+
+
+def test_utterance_norm_is_a_layer_norm_over_each_clips_real_frames():
+    from ser.models.classifier import normalize_utterances
+
+    frames = torch.randn(2, 6, 4)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    normalized = normalize_utterances(frames, mask)
+    torch.testing.assert_close(normalized[0], torch.nn.functional.layer_norm(frames[0], (6, 4)))
+    torch.testing.assert_close(normalized[1, :4], torch.nn.functional.layer_norm(frames[1, :4], (4, 4)))
