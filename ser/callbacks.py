@@ -6,6 +6,8 @@ live with the rest of resuming in :mod:`ser.resume`.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -85,8 +87,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, history: History) -> list[pl
     if checkpoint.every_n_steps:
         # within the epoch too, so a SIGKILL loses at most this many optimizer steps
         callbacks.append(pl.callbacks.ModelCheckpoint(**last, every_n_train_steps=checkpoint.every_n_steps))
-    if cfg.trainer.rich_progress and cfg.trainer.enable_progress_bar:
-        callbacks.append(pl.callbacks.RichProgressBar())
+    if cfg.trainer.enable_progress_bar:
+        if not sys.stdout.isatty():
+            callbacks.append(EpochLines())
+        elif cfg.trainer.rich_progress:
+            callbacks.append(pl.callbacks.RichProgressBar())
     if checkpoint.early_stopping_patience is not None:
         callbacks.append(
             pl.callbacks.EarlyStopping(
@@ -94,6 +99,44 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, history: History) -> list[pl
             )
         )
     return callbacks
+
+
+class EpochLines(pl.callbacks.ProgressBar):
+    """The progress of a run whose output is a file or a pipe (a SLURM log, ``| tee``): one plain line per
+    epoch, which ``grep`` and ``tail -f`` can read. Lightning's bars redraw in place, which a file
+    records as a stream of carriage returns (tqdm) or not at all (rich)."""
+
+    def __init__(self):
+        super().__init__()
+        self._enabled = True
+        self._started = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._started = time.monotonic()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Validation has run by now; the module's epoch-level training metrics are logged after this hook,
+        so the line shows the last step's loss and this epoch's validation."""
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        metrics = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if (name == "train/loss" or name.startswith("val/")) and value.numel() == 1
+        }
+        shown = " ".join(f"{name} {value:.4f}" for name, value in sorted(metrics.items()))
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        seconds = time.monotonic() - self._started
+        print(
+            f"epoch {trainer.current_epoch + 1}{epochs} step {trainer.global_step} {shown} ({seconds:.0f} s)",
+            flush=True,
+        )
 
 
 class CpuConvolutionKernels(pl.Callback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -106,8 +107,13 @@ def test_model_overrides_reach_the_module(cfg_train):
 # --- training ------------------------------------------------------------------------------------
 
 
-def test_train_writes_a_complete_run_directory(cfg_train, tmp_path):
+def test_train_writes_a_complete_run_directory(cfg_train, capsys):
+    with open_dict(cfg_train):
+        cfg_train.trainer.enable_progress_bar = True  # stdout is not a terminal here: one line per epoch
     metrics = train(cfg_train)
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == cfg_train.trainer.max_epochs, epoch_lines
+    assert re.fullmatch(r"epoch 1/\d+ step \d+ train/loss \d+\.\d{4} .*val/uar \d\.\d{4} .*\(\d+ s\)", epoch_lines[0])
     run = Path(cfg_train.run_dir)
     for name in (
         "checkpoints/best.ckpt",

@@ -212,7 +212,7 @@ def _collect(wav, count, events):
 # eSpeak keeps hidden state from one utterance to the next (the phase of its pitch flutter, its
 # roughness cycle, its AGC) and its breath noise calls libc rand(), so the same call gives other
 # samples depending on what was said before. For byte-identical output whatever the order of
-# work, every utterance gets a freshly loaded library (about 1 ms) and a seeded rand(). The
+# work, every utterance gets a freshly loaded library (cheap next to the synthesis) and a seeded rand(). The
 # library is a private copy, because dlclose() does not unload a library that someone else in
 # the process (a phonemiser, say) has also opened.
 _library_copy: str | None = None
