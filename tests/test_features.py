@@ -268,3 +268,20 @@ def test_utterance_norm_is_a_layer_norm_over_each_clips_real_frames():
     normalized = normalize_utterances(frames, mask)
     torch.testing.assert_close(normalized[0], torch.nn.functional.layer_norm(frames[0], (6, 4)))
     torch.testing.assert_close(normalized[1, :4], torch.nn.functional.layer_norm(frames[1, :4], (4, 4)))
+
+
+def test_cache_features_follows_freeze_encoder_and_needs_it(cfg_train):
+    from omegaconf import open_dict
+
+    from ser.train import uses_cached_features
+
+    assert not uses_cached_features(cfg_train)  # fine-tuning: no cache
+    with open_dict(cfg_train):
+        cfg_train.model.freeze_encoder = True
+        assert uses_cached_features(cfg_train)  # the default when frozen
+        cfg_train.model.cache_features = False
+        assert not uses_cached_features(cfg_train)  # frozen, on the audio
+        cfg_train.model.freeze_encoder = False
+        cfg_train.model.cache_features = True
+    with pytest.raises(FeatureCacheError, match=r"^model.cache_features=true needs model.freeze_encoder=true: "):
+        uses_cached_features(cfg_train)
