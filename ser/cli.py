@@ -8,6 +8,7 @@ ser demo MODEL [--port P] [--share]       a Gradio page and API for a model
 ser evaluate MODEL [data.*=...] [--stage] WA / UA / F1 of a model on a split, with figures
 ser export CKPT OUT [--format hf|onnx]    a checkpoint as a Hugging Face model or an ONNX file
 ser summarize SWEEP_DIR [--metric M]      mean ± std of a multirun's metrics (folds, sweeps)
+ser probe ENCODER [data.*=...] [--folds]  UA of a linear probe on each layer of an encoder, per fold
 """
 
 from __future__ import annotations
@@ -363,6 +364,47 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     summarize(args.sweep_dir, metrics=tuple(args.metrics or DEFAULT_METRICS))  # prints the table and the files
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    from datetime import datetime
+
+    import torch
+
+    from .config import ConfigError, compose_data
+    from .data.prepare import PrepareSettings, prepare
+    from .probe import layer_summary, load_probe_encoder, run_probe
+
+    wrong = [o for o in args.overrides if not o.startswith("data.") or "=" not in o]
+    if wrong:
+        raise ConfigError(f"ser probe takes data.KEY=VALUE overrides only, not {' '.join(wrong)}")
+    cfg = compose_data(args.overrides)
+    try:
+        folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    except ValueError:
+        raise ConfigError(f"--folds {args.folds} is not a list of fold numbers such as 1,2,3") from None
+    out = args.out or Path("outputs") / f"probe-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+    encoder, preprocessing = load_probe_encoder(args.encoder)
+    encoder.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.synthesize_actors:
+        from .data.synth import synthesize_unless_present
+
+        synthesize_unless_present(cfg.root, actors=cfg.synthesize_actors, progress=not args.quiet)
+    settings = PrepareSettings(
+        sample_rate=preprocessing.get("sample_rate", cfg.sample_rate),
+        normalize=preprocessing.get("normalize", cfg.normalize),
+        trim_db=preprocessing.get("trim_db", cfg.trim_db),
+    )
+    corpus = prepare(
+        cfg.root, cfg.cache_dir, settings, strict=cfg.strict, download=cfg.download, progress=not args.quiet
+    )
+    result = run_probe(encoder, corpus, cfg.cache_dir, out, folds=folds, title=args.encoder, progress=not args.quiet)
+    folds_done = sorted({row["fold"] for row in result.rows})
+    print(f"{'layer':>5}  {'UA mean':>7}  {'UA std':>6}  (over folds {','.join(map(str, folds_done))})")
+    for layer, ua in layer_summary(result.rows).items():
+        print(f"{layer:>5}  {ua['mean']:7.4f}  {ua['std']:6.4f}")
+    print(f"best layer: {result.best_layer} (UA {result.best_ua:.4f} mean over folds)")
+    print(f"probe.csv, probe.png and best_layer.json in {result.out_dir}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition on RAVDESS.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -491,6 +533,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="metric to summarise (repeatable; default test/acc, test/uar, test/f1)",
     )
     summ.set_defaults(run=cmd_summarize)
+
+    probe = commands.add_parser(
+        "probe",
+        help="which layer of an encoder carries emotion: a linear probe per layer and fold",
+        description="Extract every layer's utterance means once (cached), fit a linear probe per layer and "
+        "speaker-independent fold, and write probe.csv, probe.png and best_layer.json.",
+    )
+    probe.add_argument(
+        "encoder", help="a Hugging Face encoder name or directory, or a .ckpt checkpoint of this project"
+    )
+    probe.add_argument("overrides", nargs="*", help="data overrides, e.g. data.root=PATH data.trim_db=-40")
+    probe.add_argument("--folds", default=None, help="EmoBox folds, e.g. 1,2,3 (default: every fold in the corpus)")
+    probe.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default outputs/probe-<time>)"
+    )
+    probe.add_argument("--device", default=None, help="torch device for the encoder (default cuda if there is one)")
+    probe.set_defaults(run=cmd_probe)
     return parser
 
 

@@ -63,12 +63,19 @@ class ModelConfig:
     # over encoder, encoder_config and the head's shape settings
     init_from: str | None = None
     pooling: str = "mean"  # mean | max | attentive | stats
-    head: str = "hf"  # hf (projector + classifier, as Wav2Vec2ForSequenceClassification) | dense_tanh
+    # hf (projector + classifier, as Wav2Vec2ForSequenceClassification) | dense_tanh | emobox (hf with a ReLU)
+    head: str = "hf"
     projector_dim: int = 256
     head_dropout: float = 0.0
     use_weighted_layer_sum: bool = False
+    utterance_norm: bool = False  # each clip's frames to zero mean, unit variance over (T, D), as EmoBox
     freeze_feature_encoder: bool = True
     freeze_encoder_steps: int = 0
+    # the whole encoder frozen, in eval mode, for the whole run: only the head (and layer_weights) trains
+    freeze_encoder: bool = False
+    # with freeze_encoder: train on the encoder's hidden states, extracted once into data.cache_dir;
+    # None: true when frozen
+    cache_features: bool | None = None
     gradient_checkpointing: bool = False
     attn_implementation: str | None = "sdpa"
     class_weights: list[float] | None = None

@@ -110,6 +110,11 @@ def _hf_exportable(module) -> None:
             "(only head 'hf' with mean pooling is <Model>ForSequenceClassification); "
             "ONNX export (export_onnx) works for every head and pooling"
         )
+    if model.utterance_norm:
+        raise ExportError(
+            "model.utterance_norm cannot be exported to transformers, whose <Model>ForSequenceClassification "
+            "lacks it; ONNX export (export_onnx) works"
+        )
 
 
 def find_run_metrics(checkpoint: Path) -> tuple[dict | None, Path | None]:

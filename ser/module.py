@@ -14,7 +14,9 @@ To make that hold for a pretrained encoder, the checkpoint stores the encoder's 
 weights, instead of fetching the original encoder.
 
 A batch is a dict of ``waveforms`` (B, T) float32, ``attention_mask`` (B, T) bool (True on real
-samples), ``labels`` (B,) long and ``index`` (B,) long (the clip's position in its dataset).
+samples), ``labels`` (B,) long and ``index`` (B,) long (the clip's position in its dataset); with a
+frozen encoder on cached features (:class:`ser.data.features.CachedFeatureDataModule`), ``frames``
+(B, T', D) or (B, T', L, D) and ``mask`` (B, T') take the place of ``waveforms`` and ``attention_mask``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class SERModule(pl.LightningModule):
     its config, or, with ``encoder=None``, is the whole config (``model_type`` included) of an
     encoder built from scratch. ``pretrained=False`` initialises the encoder randomly.
     Training: ``freeze_feature_encoder`` keeps the CNN feature encoder frozen throughout;
-    ``freeze_encoder_steps`` trains the head alone for that many optimizer steps first.
+    ``freeze_encoder_steps`` trains the head alone for that many optimizer steps first;
+    ``freeze_encoder`` keeps the whole encoder frozen and in eval mode for the whole run, so that its
+    hidden states can come from a cache: a batch may then hold ``frames`` and ``mask`` instead of audio.
     ``encoder_lr`` (default ``lr``) is the encoder's learning rate, ``lr`` the head's.
     ``labels``, ``sample_rate``, ``normalize`` and ``trim_db`` describe the inputs and outputs, so that
     prediction and export code can read them from a checkpoint and preprocess exactly as in training.
@@ -68,8 +72,10 @@ class SERModule(pl.LightningModule):
         projector_dim: int = 256,
         head_dropout: float = 0.0,
         use_weighted_layer_sum: bool = False,
+        utterance_norm: bool = False,
         freeze_feature_encoder: bool = True,
         freeze_encoder_steps: int = 0,
+        freeze_encoder: bool = False,
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = "sdpa",
         optimizer: str = "adam",
@@ -117,12 +123,15 @@ class SERModule(pl.LightningModule):
             projector_dim=projector_dim,
             head_dropout=head_dropout,
             use_weighted_layer_sum=use_weighted_layer_sum,
+            utterance_norm=utterance_norm,
         )
         if freeze_feature_encoder:
             self.model.freeze_feature_encoder()
+        if freeze_encoder:
+            self.model.set_encoder_trainable(False)
         # from_pretrained hands the encoder back in eval mode, and Lightning (2.x) starts training in
         # whatever mode the modules are in: without this, dropout and SpecAugment would silently be off.
-        self.model.train()
+        self.train()  # with freeze_encoder, the encoder stays in eval mode (see train())
 
         # Self-describing checkpoint: the full config of the encoder as built, and no pretrained
         # weights to fetch, so load_from_checkpoint rebuilds the architecture offline and then loads
@@ -146,13 +155,26 @@ class SERModule(pl.LightningModule):
         # Confusion matrices (C, C) of counts, rows = true label, set after each val/test epoch.
         self.val_confusion: Tensor | None = None
         self.test_confusion: Tensor | None = None
-        self._encoder_frozen = False  # by freeze_encoder_steps; applied in on_train_batch_start
+        self._encoder_frozen = freeze_encoder  # by freeze_encoder_steps; applied in on_train_batch_start
 
     # --- the network --------------------------------------------------------------------------
 
     def forward(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) for waveforms (B, T), attention_mask (B, T) bool, True on real samples."""
         return self.model(waveforms, attention_mask)
+
+    def logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits (B, C) of a batch of audio, or of cached frames (see the module's docstring)."""
+        if "frames" in batch:
+            return self.model.forward_frames(batch["frames"], batch.get("mask"))
+        return self(batch["waveforms"], batch.get("attention_mask"))
+
+    def train(self, mode: bool = True) -> SERModule:
+        super().train(mode)
+        if self.hparams.get("freeze_encoder"):
+            # a frozen encoder computes what its cache holds: no dropout, no SpecAugment
+            self.model.encoder.eval()
+        return self
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         """Cross-entropy of logits (B, C) against labels (B,), with the class weights and label smoothing."""
@@ -184,11 +206,11 @@ class SERModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """``{"probs": softmax probabilities (B, C) float32, "index": the batch's clip indices (B,)}``."""
-        logits = self(batch["waveforms"], batch.get("attention_mask"))
+        logits = self.logits(batch)
         return {"probs": logits.float().softmax(dim=-1), "index": batch["index"]}
 
     def _shared_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = self(batch["waveforms"], batch.get("attention_mask"))
+        logits = self.logits(batch)
         return self.loss(logits, batch["labels"]), logits
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
@@ -244,6 +266,7 @@ class SERModule(pl.LightningModule):
         self._freeze_encoder(self.global_step < self.hparams.freeze_encoder_steps)
 
     def _freeze_encoder(self, frozen: bool) -> None:
+        frozen = frozen or bool(self.hparams.get("freeze_encoder"))
         if frozen != self._encoder_frozen:
             self.model.set_encoder_trainable(
                 not frozen, keep_feature_encoder_frozen=self.hparams.freeze_feature_encoder

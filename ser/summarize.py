@@ -37,6 +37,8 @@ import yaml
 from . import atomic
 from .errors import UserError
 
+PRUNED_FILE = "pruned.json"  # written into a job's directory by ser.pruning when the search stops the trial
+
 DEFAULT_METRICS = ("test/acc", "test/uar", "test/f1")
 MAX_TICK_LABEL = 40  # characters of a job's label under its bar in summary.png
 
@@ -53,8 +55,8 @@ class Job:
     name: str  # its path relative to the sweep directory, e.g. "3"
     overrides: list[str]  # all of its command-line overrides, as Hydra recorded them
     label: str  # only the overrides that vary across the sweep, e.g. "data.fold=3"
-    status: str  # "finished" (metrics.json written) or "failed"
-    reason: str | None  # for a failed job: the last line of its log that mentions an error
+    status: str  # "finished" (metrics.json written), "pruned" (an Optuna trial stopped early) or "failed"
+    reason: str | None  # failed: the last line of its log that mentions an error; pruned: when
     metrics: dict[str, float]  # the requested metrics it reported (NaN where one is missing)
     protocol: str | None  # the evaluation protocol from metrics.json
 
@@ -200,7 +202,8 @@ def summarize(
 
     Jobs are the directories holding ``.hydra/overrides.yaml``, at any depth (``hydra.sweep.subdir``
     may nest them). A job without ``metrics.json`` counts as failed, with the last error line of its
-    log as the reason, and is left out of the mean and std.
+    log as the reason, and is left out of the mean and std. A job with ``pruned.json`` is an Optuna trial
+    that the search stopped early: it is listed as pruned and left out of the mean and std too.
 
     Raises:
         SummaryError: ``sweep_dir`` holds no Hydra job.
@@ -266,12 +269,15 @@ def _labels(overrides: list[list[str]]) -> list[str]:
 
 def _read_job(job_dir: Path, name: str, overrides: list[str], label: str, metrics: tuple[str, ...]) -> Job:
     metrics_file = job_dir / "metrics.json"
-    if not metrics_file.is_file():
-        return Job(
-            job_dir, name, overrides, label, "failed", _error_line(job_dir), {m: math.nan for m in metrics}, None
-        )
-    reported = json.loads(metrics_file.read_text())
+    reported = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     values = {m: float(reported[m]) if isinstance(reported.get(m), (int, float)) else math.nan for m in metrics}
+    if (job_dir / PRUNED_FILE).is_file():
+        pruned = json.loads((job_dir / PRUNED_FILE).read_text())
+        monitored = ", ".join(f"{k} {v:.4f}" for k, v in pruned.items() if "/" in k and isinstance(v, (int, float)))
+        reason = f"after validation {pruned.get('validation')} ({monitored})"
+        return Job(job_dir, name, overrides, label, "pruned", reason, values, reported.get("protocol"))
+    if not metrics_file.is_file():
+        return Job(job_dir, name, overrides, label, "failed", _error_line(job_dir), values, None)
     return Job(job_dir, name, overrides, label, "finished", None, values, reported.get("protocol"))
 
 
@@ -313,7 +319,7 @@ def _ranges(numbers: list[int]) -> str:
 
 
 def _status(job: Job) -> str:
-    return f"failed: {job.reason}" if job.status == "failed" and job.reason else job.status
+    return f"{job.status}: {job.reason}" if job.status != "finished" and job.reason else job.status
 
 
 def _print(summary: Summary) -> None:
@@ -397,7 +403,7 @@ def _plot(summary: Summary, path: Path) -> Path:
     # directory name does, and summary.csv pairs it with the label.
     by_name = any(len(job.label) > MAX_TICK_LABEL for job in summary.jobs)
     ticks = [job.name if by_name else job.label for job in summary.jobs]
-    labels = [tick if job.status == "finished" else f"{tick}\n(failed)" for tick, job in zip(ticks, summary.jobs)]
+    labels = [tick if job.status == "finished" else f"{tick}\n({job.status})" for tick, job in zip(ticks, summary.jobs)]
     x = np.arange(len(summary.jobs))
     figure, axes = plt.subplots(
         len(summary.metrics),

@@ -53,16 +53,16 @@ class SweepSummary(Callback):
 class ResumeOptunaStudy(Callback):
     """Makes a second ``python train.py -m hparams_search=optuna ...`` finish the study the first one began.
 
-    The Optuna sweeper reopens its study (``load_if_exists``) but otherwise starts over: it numbers
-    jobs from 0 again, so new trials would overwrite the first trials' directories; it runs
-    ``n_trials`` more trials, not the rest; and trials that were running when the search was killed
-    stay RUNNING. Hydra calls ``on_multirun_start`` with the very config it then builds the sweeper
+    The Optuna sweeper (``hydra_plugins/ser_optuna_sweeper``) reopens its study (``load_if_exists``) but
+    otherwise starts over: it numbers jobs from 0 again, so new trials would overwrite the first trials'
+    directories; it runs ``n_trials`` more trials, not the rest; and trials that were running when the
+    search was killed stay RUNNING. Hydra calls ``on_multirun_start`` with the very config it then builds the sweeper
     and the jobs from, so this callback adjusts that config before any of them exists:
 
     - creates the SQLite file's directory (the sweep directory does not exist yet);
     - marks RUNNING trials as failed: they were interrupted;
     - lowers ``hydra.sweeper.n_trials`` to the trials still missing, so that ``n_trials`` is the
-      number of complete trials the study ends with;
+      number of complete or pruned trials the study ends with (failed ones are run again);
     - numbers new jobs after the trials already in the study, so job directory N holds trial N;
     - moves the sampler's seed on by the same count, so it does not draw the first trials again.
     """
@@ -99,12 +99,12 @@ class ResumeOptunaStudy(Callback):
             if trial.state == TrialState.RUNNING:
                 study.tell(trial.number, state=TrialState.FAIL)
                 log.info("trial %d of study %s was interrupted: marked failed", trial.number, sweeper.study_name)
-        complete = sum(trial.state == TrialState.COMPLETE for trial in trials)
-        remaining = max(sweeper.n_trials - complete, 0)
+        done = sum(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials)
+        remaining = max(sweeper.n_trials - done, 0)
         log.info(
-            "resuming study %s: %d of %d trials complete, running %d more",
+            "resuming study %s: %d of %d trials done (complete or pruned), running %d more",
             sweeper.study_name,
-            complete,
+            done,
             sweeper.n_trials,
             remaining,
         )

@@ -39,10 +39,12 @@ from . import atomic
 from .callbacks import CompiledEncoder, CpuConvolutionKernels, History, build_callbacks
 from .config import objective_metric, register_configs
 from .data.datamodule import RavdessDataModule
+from .data.features import OUTPUT, CachedFeatureDataModule, FeatureCacheError
 from .data.splits import describe_protocol
 from .errors import UserError
 from .module import SERModule
 from .plots import plot_confusion_matrix, plot_curves
+from .pruning import pruning_callbacks
 from .resume import (
     AtomicCheckpointIO,
     checkpoint_of_requeued_job,
@@ -129,6 +131,7 @@ def build_module(cfg: DictConfig, labels: Sequence[str] | None = None) -> SERMod
     optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
     init_from = model.pop("init_from")
+    model.pop("cache_features")  # a data setting: build_datamodule's
     if init_from:
         from .hub import architecture_of
 
@@ -151,8 +154,53 @@ def build_module(cfg: DictConfig, labels: Sequence[str] | None = None) -> SERMod
     return module
 
 
+def uses_cached_features(cfg: DictConfig) -> bool:
+    """``model.cache_features``, whose default (None) is ``model.freeze_encoder``; refused without a frozen encoder."""
+    cache = cfg.model.get("cache_features")
+    if cache and not cfg.model.freeze_encoder:
+        raise FeatureCacheError(
+            "model.cache_features=true needs model.freeze_encoder=true: an encoder that trains changes its features"
+        )
+    return bool(cfg.model.freeze_encoder if cache is None else cache)
+
+
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> RavdessDataModule:
-    return RavdessDataModule.from_config(cfg.data, seed=cfg.seed, manifest_path=str(run_dir / "split.csv"))
+    manifest = str(run_dir / "split.csv")
+    if uses_cached_features(cfg):
+        layer = None if cfg.model.use_weighted_layer_sum else OUTPUT
+        return CachedFeatureDataModule.from_config(cfg.data, seed=cfg.seed, manifest_path=manifest, layer=layer)
+    return RavdessDataModule.from_config(cfg.data, seed=cfg.seed, manifest_path=manifest)
+
+
+def attach_cached_features(
+    cfg: DictConfig, module: SERModule, datamodule: CachedFeatureDataModule, trainer: pl.Trainer
+) -> None:
+    """Extract the frozen encoder's hidden states over the corpus once (or find them in the cache) and
+    hand them to the data module, so that every epoch runs the head alone."""
+    if trainer.world_size > 1:
+        raise FeatureCacheError(
+            "model.cache_features runs on one device: set trainer.devices=1, or model.cache_features=false"
+        )
+    from .features import extract_features
+
+    datamodule.prepare_data()
+    datamodule.setup()
+    encoder = module.model.encoder
+    mask_prob = getattr(encoder.config, "mask_time_prob", 0.0)
+    if mask_prob:
+        log.info("the frozen encoder runs in eval mode: its SpecAugment (mask_time_prob=%s) is off", mask_prob)
+    encoder.to(trainer.strategy.root_device)
+    try:
+        features = extract_features(
+            encoder,
+            datamodule.corpus,
+            cfg.data.cache_dir,
+            frames="all" if cfg.model.use_weighted_layer_sum else OUTPUT,
+            progress=cfg.trainer.enable_progress_bar,
+        )
+    finally:
+        encoder.to("cpu")
+    datamodule.attach(features)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks) -> pl.Trainer:
@@ -194,8 +242,12 @@ def train(cfg: DictConfig, callbacks: Sequence[pl.Callback] = ()) -> dict:
     module = build_module(cfg, datamodule.labels)  # the corpus's classes: their number sizes the head
     history = History()
     logger = build_logger(cfg, run_dir, resuming=checkpoint is not None)
-    trainer = build_trainer(cfg, run_dir, logger, [*callbacks, *build_callbacks(cfg, run_dir, history)])
+    trainer = build_trainer(
+        cfg, run_dir, logger, [*callbacks, *build_callbacks(cfg, run_dir, history), *pruning_callbacks(cfg)]
+    )
     refuse_unsupported_launchers(trainer)
+    if isinstance(datamodule, CachedFeatureDataModule):
+        attach_cached_features(cfg, module, datamodule, trainer)
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 

@@ -28,7 +28,10 @@ class RavdessDataModule(pl.LightningDataModule):
     from there without decoding, makes the split and writes its manifest to ``manifest_path``.
     RAVDESS with its own labels and no options keeps :func:`ser.data.prepare.prepare`'s cache; every
     other corpus, label choice or option goes through its plug-in (:func:`ser.data.prepare.prepare_corpus`).
+    Subclasses change what a batch holds through :meth:`dataset` and ``collate_fn``.
     """
+
+    collate_fn = staticmethod(collate)
 
     def __init__(
         self,
@@ -235,7 +238,7 @@ class RavdessDataModule(pl.LightningDataModule):
         )
         options = dict(
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=False,

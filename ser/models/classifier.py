@@ -26,7 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from .encoder import receptive_field, uses_group_norm
 from .pooling import build_pooling
 
-HEAD_TYPES = ("hf", "dense_tanh")
+HEAD_TYPES = ("hf", "dense_tanh", "emobox")
 
 
 def check_batch(waveforms: Tensor, attention_mask: Tensor | None) -> None:
@@ -65,6 +65,22 @@ def apply_at_true_lengths(
     return result
 
 
+def normalize_utterances(frames: Tensor, mask: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Each clip's frames (B, T, D) to zero mean and unit variance over all its real frames and dims.
+
+    ``F.layer_norm(frames, (T, D))`` of one unpadded clip, without affine weights, as EmoBox normalises
+    the encoder's output (``--output_norm``); ``mask`` (B, T) True on real frames keeps padding out of the
+    statistics. Padding comes back as it went in, scaled.
+    """
+    if mask is None:
+        return nn.functional.layer_norm(frames, frames.shape[1:], eps=eps)
+    weights = mask.to(frames.dtype).unsqueeze(-1)  # (B, T, 1)
+    count = weights.sum(dim=(1, 2), keepdim=True) * frames.shape[-1]
+    mean = (frames * weights).sum(dim=(1, 2), keepdim=True) / count
+    variance = (((frames - mean) * weights) ** 2).sum(dim=(1, 2), keepdim=True) / count
+    return (frames - mean) * torch.rsqrt(variance + eps)
+
+
 class SpeechClassifier(nn.Module):
     """Encoder, optional weighted sum of its layers, masked pooling and a classification head.
 
@@ -72,6 +88,10 @@ class SpeechClassifier(nn.Module):
     Linear -> num_labels; with mean pooling and no dropout this is `Wav2Vec2ForSequenceClassification`.
     head "dense_tanh": pooling, dropout, `dense` Linear(P -> P), tanh, dropout, `out_proj` Linear(P ->
     num_labels), P the pooled size. Unlike soxan's original, its mean pooling skips padding.
+    ``utterance_norm`` normalises each clip's frames over time and dims before the head
+    (:func:`normalize_utterances`).
+    head "emobox": "hf" with a ReLU after the projector: EmoBox's frozen-encoder head (SUPERB's base
+    model: Linear to projector_dim on every frame, ReLU, masked mean, Linear to num_labels).
 
     Padding: an encoder with a group-norm feature encoder (`uses_group_norm`) encodes each clip at
     its true length without a mask, so a clip's logits never depend on its batch; other encoders
@@ -87,6 +107,7 @@ class SpeechClassifier(nn.Module):
         projector_dim: int = 256,
         head_dropout: float = 0.0,
         use_weighted_layer_sum: bool = False,
+        utterance_norm: bool = False,
     ):
         super().__init__()
         if head not in HEAD_TYPES:
@@ -99,6 +120,7 @@ class SpeechClassifier(nn.Module):
         self.head = head
         self.pooling_name = pooling
         self.use_weighted_layer_sum = use_weighted_layer_sum
+        self.utterance_norm = utterance_norm
         self.encode_clips_alone = uses_group_norm(config)
         hidden_size = config.hidden_size
 
@@ -106,13 +128,15 @@ class SpeechClassifier(nn.Module):
             num_layers = config.num_hidden_layers + 1  # the embedding output counts as a layer
             self.layer_weights = nn.Parameter(torch.ones(num_layers) / num_layers)
 
-        if head == "hf":
+        if head in ("hf", "emobox"):
             self.projector = nn.Linear(hidden_size, projector_dim)
+            self.projector_activation = nn.ReLU() if head == "emobox" else nn.Identity()
             self.pooling = build_pooling(pooling, projector_dim)
             self.dropout = nn.Dropout(head_dropout)
             self.classifier = nn.Linear(self.pooling.output_dim, num_labels)
         else:
             self.projector = None
+            self.projector_activation = nn.Identity()
             self.pooling = build_pooling(pooling, hidden_size)
             pooled = self.pooling.output_dim
             self.dropout = nn.Dropout(head_dropout)
@@ -179,13 +203,39 @@ class SpeechClassifier(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = self.encoder._get_feature_vector_attention_mask(frames.shape[1], attention_mask)
+        if self.utterance_norm:
+            frames = normalize_utterances(frames, mask)
         if self.projector is not None:
-            frames = self.projector(frames)
+            frames = self.projector_activation(self.projector(frames))
         return self.pooling(frames, mask)
+
+    def forward_frames(self, frames: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits (B, num_labels) of the encoder's hidden states, without running the encoder.
+
+        ``frames``: the encoder's output (B, T, D), or with ``use_weighted_layer_sum`` every hidden state
+        (B, T, L, D), the embedding output first, as a feature cache stores them; ``mask`` (B, T) True on
+        real frames (None: none is padding). Gives :meth:`forward`'s logits for the audio they came from.
+        """
+        if self.use_weighted_layer_sum:
+            expected = self.layer_weights.shape[0]
+            if frames.dim() != 4 or frames.shape[2] != expected:
+                raise ValueError(
+                    f"frames have shape {tuple(frames.shape)}: a weighted layer sum needs all {expected} "
+                    "hidden states, (B, T, L, D)"
+                )
+            weights = nn.functional.softmax(self.layer_weights, dim=-1)
+            frames = (frames * weights.view(1, 1, -1, 1)).sum(dim=2)
+        elif frames.dim() != 3:
+            raise ValueError(f"frames have shape {tuple(frames.shape)}: give the encoder's output, (B, T, D)")
+        if self.utterance_norm:
+            frames = normalize_utterances(frames, mask)
+        if self.projector is not None:
+            frames = self.projector_activation(self.projector(frames))
+        return self.classify(self.pooling(frames, mask))
 
     def classify(self, pooled: Tensor) -> Tensor:
         """Logits (B, num_labels) of pooled features (B, P)."""
-        if self.head == "hf":
+        if self.head in ("hf", "emobox"):
             return self.classifier(self.dropout(pooled))
         hidden = torch.tanh(self.dense(self.dropout(pooled)))
         return self.out_proj(self.dropout(hidden))
@@ -231,6 +281,8 @@ def _check_hf_compatible(classifier: SpeechClassifier) -> None:
             f"head {classifier.head!r} with {classifier.pooling_name!r} pooling has no transformers counterpart: "
             "only head 'hf' with mean pooling matches <Model>ForSequenceClassification"
         )
+    if classifier.utterance_norm:
+        raise ValueError("utterance_norm has no transformers counterpart: <Model>ForSequenceClassification lacks it")
 
 
 def hf_config(classifier: SpeechClassifier, id2label: Mapping[int, str] | None = None) -> PretrainedConfig:
