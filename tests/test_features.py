@@ -247,6 +247,7 @@ def test_the_emobox_experiment_composes_with_every_encoder(model):
     assert cfg.model.encoder == compose_config([f"model={model}"]).model.encoder  # the encoder stays the chosen one
 
 
+@pytest.mark.slow  # seconds of in-process training; the quick loop tests its parts on their own
 def test_the_emobox_experiment_trains_a_tiny_encoder_on_cached_features(corpus_dir, tmp_path):
     from ser.train import train
 

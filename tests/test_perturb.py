@@ -62,6 +62,7 @@ def small_ravdess(tmp_path_factory):
     return write_noise_corpus(tmp_path_factory.mktemp("corpus") / "ravdess", actors=(1, 2), max_seconds=0.4)
 
 
+@pytest.mark.slow  # seconds of in-process training; the quick loop tests its parts on their own
 def test_evaluate_reports_the_clean_and_perturbed_scores_and_the_drop_the_same_on_a_rerun(
     small_ravdess, tmp_path, capsys
 ):

@@ -69,6 +69,7 @@ def test_probe_writes_one_row_per_layer_and_fold(probe_corpus, encoder_dir, tmp_
     assert len(read_rows(tmp_path / "again" / "probe.csv")) == 3
 
 
+@pytest.mark.slow  # seconds of in-process training; the quick loop tests its parts on their own
 def test_probe_of_a_checkpoint_uses_its_encoder(probe_corpus, tmp_path, capsys):
     module = SERModule(encoder=None, encoder_config=dict(TINY_ENCODER), pretrained=False)
     checkpoint = tmp_path / "model.ckpt"
