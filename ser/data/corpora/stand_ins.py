@@ -140,15 +140,7 @@ _SAVEE_SENTENCES = (
 
 
 def _savee(speakers: int, full: bool, layout: str) -> tuple[list[Utterance], dict[str, str]]:
-    styles = {
-        "a": "angry",
-        "d": "disgust",
-        "f": "fearful",
-        "h": "happy",
-        "n": "neutral",
-        "sa": "sad",
-        "su": "surprised",
-    }
+    styles = savee.EMOTIONS  # each code spoken in the style of the emotion it names
     utterances = []
     for index, speaker in enumerate(savee.SPEAKERS[:speakers]):
         for code, style in styles.items():
