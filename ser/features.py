@@ -22,7 +22,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,21 @@ def _autocast(device: torch.device, autocast: str | None):
     if autocast not in dtypes:
         raise FeatureCacheError(f"autocast={autocast!r} is unknown: choose bf16, fp16 or none")
     return torch.autocast(device_type=device.type, dtype=dtypes[autocast])
+
+
+@contextmanager
+def _onednn_on():
+    """oneDNN's convolutions for the extraction's forward passes, whatever training chose.
+
+    Training on a CPU turns oneDNN off (``cpu_onednn``) because it prepares kernels anew for every
+    input shape, which a backward pass pays twice; a forward pass alone gains more from its
+    kernels than that preparation costs, and without it bf16 convolutions fall back to slow code.
+    """
+    before, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, True
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def _check_space(cache_dir: Path, need: int) -> None:
@@ -256,7 +271,7 @@ def _run_batches(
 ):
     from rich.progress import track
 
-    with torch.inference_mode(), _autocast(device, autocast):
+    with torch.inference_mode(), _autocast(device, autocast), _onednn_on():
         for batch in track(
             batches,
             description=f"Extracting features of {len(counts)} clips",
