@@ -19,7 +19,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -189,7 +189,7 @@ def _sort_out(
     return keep, skipped, excluded
 
 
-def _run_parallel(tasks: list, workers: int, progress: bool, description: str, process=None):
+def _run_parallel(tasks: list, workers: int | None, progress: bool, description: str, process=None):
     """Yield ``process`` (default ``_process``) results in task order, from a pool of threads.
 
     Threads, not processes: decoding (libsndfile) and resampling (torch) release the GIL, and on 2
@@ -199,7 +199,7 @@ def _run_parallel(tasks: list, workers: int, progress: bool, description: str, p
     """
     from rich.progress import track
 
-    pool = ThreadPoolExecutor(max_workers=workers)
+    pool = ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 1))
     try:
         results = pool.map(process or _process, tasks)
         yield from track(results, total=len(tasks), description=description, disable=not progress, transient=False)
@@ -288,39 +288,58 @@ def _build(
     progress: bool,
 ) -> None:
     """Decode the ``keep`` files into a cache entry in the folder ``building``."""
-    clips, offset, digests = [], 0, {}
     tasks = [(source, file, settings) for file, _ in keep]
-    workers = workers or 2 * (os.cpu_count() or 1)
-    with open(building / _AUDIO_FILE, "wb") as samples_file:
-        results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} clips")
-        for (file, name), (samples, reason, digest) in zip(keep, results):
-            if reason is None and digest in digests:
-                reason = f"same content as {digests[digest]}"
-            if reason is not None:
-                skipped.append({"key": file.key, "location": file.location, "reason": reason})
-                continue
-            digests[digest] = file.location
-            samples_file.write(samples.tobytes())
-            clips.append(
-                {
-                    "key": file.key,
-                    "offset": offset,
-                    "length": len(samples),
-                    "label": name.label,
-                    "emotion": name.emotion,
-                    "actor": name.actor,
-                    "gender": name.gender,
-                    "intensity": name.intensity,
-                    "statement": name.statement,
-                    "repetition": name.repetition,
-                }
-            )
-            offset += len(samples)
-        samples_file.flush()
-        os.fsync(samples_file.fileno())
+    results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} clips")
+    records = [
+        (
+            file.key,
+            file.location,
+            {
+                "label": name.label,
+                "emotion": name.emotion,
+                "actor": name.actor,
+                "gender": name.gender,
+                "intensity": name.intensity,
+                "statement": name.statement,
+                "repetition": name.repetition,
+            },
+        )
+        for file, name in keep
+    ]
+    clips = _write_samples(building, records, results, skipped)
     if not clips:
         raise CorpusError(f"none of the {len(files)} files in {source.description} is a usable RAVDESS clip")
     report = {"skipped": skipped, "excluded": excluded, "source": source.description, "settings": asdict(settings)}
+    _write_entry(building, clips, skipped, report)
+
+
+def _write_samples(
+    building: Path, records: Sequence[tuple[str, str, dict]], results: Iterable[tuple], skipped: list[dict]
+) -> list[dict]:
+    """Write the decoded clips into the entry's samples file, one after another; returns their index rows.
+
+    ``records[i]`` is ``(key, location, fields)`` of the clip whose ``(samples, reason, digest)`` is
+    ``results[i]`` (from ``_process`` or ``_process_clip``). A clip that failed, or whose content an
+    earlier clip already has, goes to ``skipped`` with its reason instead.
+    """
+    clips, offset, digests = [], 0, {}
+    with open(building / _AUDIO_FILE, "wb") as samples_file:
+        for (key, location, fields), (samples, reason, digest) in zip(records, results):
+            if reason is None and digest in digests:
+                reason = f"same content as {digests[digest]}"
+            if reason is not None:
+                skipped.append({"key": key, "location": location, "reason": reason})
+                continue
+            digests[digest] = location
+            samples_file.write(samples.tobytes())
+            clips.append({"key": key, **fields, "offset": offset, "length": len(samples)})
+            offset += len(samples)
+        samples_file.flush()
+        os.fsync(samples_file.fileno())
+    return clips
+
+
+def _write_entry(building: Path, clips: list[dict], skipped: list[dict], report: dict) -> None:
     write_json(building / _INDEX_FILE, clips)
     write_text(building / SKIPPED_FILE, _skipped_table(skipped))
     write_json(building / _REPORT_FILE, report)  # written last: its presence marks a complete entry
@@ -398,23 +417,10 @@ def prepare_corpus(
 def _build_listing(building: Path, corpus: Corpus, listing, settings, workers, progress) -> None:
     """Decode the clips of ``listing`` into a cache entry in the folder ``building``."""
     skipped = [problem.as_dict() for problem in listing.problems]
-    clips, offset, digests = [], 0, {}
     tasks = [(corpus, clip, settings) for clip in listing.clips]
-    workers = workers or 2 * (os.cpu_count() or 1)
-    with open(building / _AUDIO_FILE, "wb") as samples_file:
-        results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} {corpus.title} clips", _process_clip)
-        for clip, (samples, reason, digest) in zip(listing.clips, results):
-            if reason is None and digest in digests:
-                reason = f"same content as {digests[digest]}"
-            if reason is not None:
-                skipped.append({"key": clip.key, "location": clip.location, "reason": reason})
-                continue
-            digests[digest] = clip.location
-            samples_file.write(samples.tobytes())
-            clips.append({**listing.record(clip), "offset": offset, "length": len(samples)})
-            offset += len(samples)
-        samples_file.flush()
-        os.fsync(samples_file.fileno())
+    results = _run_parallel(tasks, workers, progress, f"Preparing {len(tasks)} {corpus.title} clips", _process_clip)
+    records = [(clip.key, clip.location, listing.record(clip)) for clip in listing.clips]
+    clips = _write_samples(building, records, results, skipped)
     if not clips:
         raise CorpusError(
             f"none of the {len(listing.clips) + len(listing.problems)} clips in {corpus.description} is usable "
@@ -432,6 +438,4 @@ def _build_listing(building: Path, corpus: Corpus, listing, settings, workers, p
         "not_kept": {str(k): v for k, v in sorted(listing.not_kept.items())},
         "notes": list(listing.notes),
     }
-    write_json(building / _INDEX_FILE, clips)
-    write_text(building / SKIPPED_FILE, _skipped_table(skipped))
-    write_json(building / _REPORT_FILE, report)
+    _write_entry(building, clips, skipped, report)
