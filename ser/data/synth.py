@@ -336,22 +336,31 @@ def render_clip(clip: ClipName, seed: int = 0) -> np.ndarray:
     fields = (EMOTION_TO_CODE[clip.emotion], clip.intensity, clip.statement, clip.repetition)
     rng = np.random.default_rng([_CLIP_STREAM, seed, clip.actor, *fields])
 
-    # Nobody says a sentence the same way twice: a little tempo, pitch and level jitter.
-    samples = espeak(
-        STATEMENTS[clip.statement] + style.punctuation,
-        voice.variant,
-        rate=voice.rate * style.rate * math.exp(rng.normal(0, 0.03)),
-        pitch=voice.pitch + style.pitch + rng.normal(0, 1.5),
-        pitch_range=voice.pitch_range + style.pitch_range + rng.normal(0, 3),
-        word_gap=style.word_gap,
-        noise_seed=int(rng.integers(2**31)),
-    )
+    samples = speak(STATEMENTS[clip.statement], voice, style, rng)
     speech = torch.from_numpy(_trim(samples).astype(np.float32) / 32768.0)[None]
     speech = _voice_quality(speech / speech.abs().max() * 0.5, style, float(rng.uniform(0, 2 * math.pi)))
     speech = AF.resample(speech, voice.source_rate, SAMPLE_RATE)
     speech = _fade(speech, int(_FADE_SECONDS * SAMPLE_RATE))
     speech = _set_level(speech, _REFERENCE_DB + voice.gain_db + style.gain_db + rng.normal(0, 0.5))
     return _to_pcm16(_in_room(speech[0].numpy(), rng))
+
+
+def speak(text: str, voice: Voice, style: Style, rng: np.random.Generator, language: str = "en-us") -> np.ndarray:
+    """``text`` as ``voice`` says it in ``style``: int16 ``(samples,)`` at :data:`ESPEAK_RATE`.
+
+    Nobody says a sentence the same way twice: each take draws a little tempo, pitch and range jitter
+    from ``rng``.
+    """
+    return espeak(
+        text + style.punctuation,
+        voice.variant,
+        rate=voice.rate * style.rate * math.exp(rng.normal(0, 0.03)),
+        pitch=voice.pitch + style.pitch + rng.normal(0, 1.5),
+        pitch_range=voice.pitch_range + style.pitch_range + rng.normal(0, 3),
+        word_gap=style.word_gap,
+        noise_seed=int(rng.integers(2**31)),
+        language=language,
+    )
 
 
 def _trim(samples: np.ndarray, threshold: float = 0.01) -> np.ndarray:

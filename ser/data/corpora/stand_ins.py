@@ -24,7 +24,7 @@ import soundfile as sf
 
 from ...atomic import atomic_dir
 from ...errors import UserError
-from ..synth import actor_voice, emotion_style, espeak, synthesize_corpus
+from ..synth import actor_voice, emotion_style, speak, synthesize_corpus
 from . import cremad, emodb, savee, tess
 
 FORMATS = ("ravdess", "cremad", "tess", "savee", "emodb", "iemocap")
@@ -272,16 +272,7 @@ def render(utterance: Utterance, seed: int = 0) -> np.ndarray:
     voice = actor_voice(utterance.voice, seed)
     style = emotion_style(utterance.style, utterance.intensity, voice.expressiveness * utterance.expressiveness)
     rng = np.random.default_rng([seed, zlib.crc32(utterance.path.encode())])
-    spoken = espeak(
-        utterance.text.rstrip(".!?") + style.punctuation,
-        voice.variant,
-        rate=voice.rate * style.rate * math.exp(rng.normal(0, 0.03)),
-        pitch=voice.pitch + style.pitch + rng.normal(0, 1.5),
-        pitch_range=voice.pitch_range + style.pitch_range + rng.normal(0, 3),
-        word_gap=style.word_gap,
-        noise_seed=int(rng.integers(2**31)),
-        language=utterance.language,
-    )
+    spoken = speak(utterance.text.rstrip(".!?"), voice, style, rng, language=utterance.language)
     speech = _resample(spoken.astype(np.float32) / 32768.0, voice.source_rate, utterance.sample_rate)
     rms = float(np.sqrt(np.mean(speech**2))) or 1.0
     speech = speech * (10 ** ((_REFERENCE_DB + voice.gain_db + style.gain_db) / 20) / rms)
