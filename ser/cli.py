@@ -461,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--hop", type=float, default=5.0, metavar="SECONDS", help="seconds between window starts (default 5)"
     )
     pred.add_argument(
-        "--batch-size", type=int, default=8, metavar="N", help="clips or windows per forward pass (default 8)"
+        "--batch-size",
+        type=int,
+        default=16,
+        metavar="N",
+        help="clips or windows per forward pass, at most 160 s of audio (default 16)",
     )
     pred.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
     pred.add_argument(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference import PredictError, Scorer, as_scorer, score_waveforms
+from .inference import BATCH_SIZE, PredictError, Scorer, as_scorer, score_waveforms
 from .inference import progress_bar as _progress_bar
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def score_clips(
     scorer: Scorer,
     corpus,
     indices: Sequence[int],
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
     description: str = "Evaluating",

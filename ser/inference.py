@@ -29,6 +29,7 @@ import glob
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,15 @@ from .scoring import Scorer, evaluating, module_logits
 
 # Files decoded and scored at a time: bounds memory on large directories, and is still enough
 # clips for batches of similar lengths.
-FILES_PER_CHUNK = 256
+FILES_PER_CHUNK = 128
+# Clips or windows per forward pass: a pass has a fixed cost in Python and in launching kernels,
+# which a small model pays more often than it computes; past about this size a larger batch gains
+# nothing on a CPU (BENCHMARKS.md, predict) and only holds more memory.
+BATCH_SIZE = 16
+# Seconds of padded audio per forward pass at most, whatever BATCH_SIZE says: bounds memory when the
+# inputs are long windows (the first convolution of a wav2vec 2.0 encoder holds 512 channels for
+# every 5 samples, so 160 s of audio in float32 is about 1 GiB there).
+BATCH_SECONDS = 160.0
 
 
 class PredictError(UserError):
@@ -167,22 +176,31 @@ def load_model(model: str | Path, device: str | torch.device | None = None) -> S
 # --- scoring waveforms ------------------------------------------------------------------------
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int, equal_lengths: bool) -> list[np.ndarray]:
+def plan_batches(
+    lengths: Sequence[int], batch_size: int, equal_lengths: bool, max_samples: int | None = None
+) -> list[np.ndarray]:
     """Item indices per batch, longest items first (a memory problem shows at once).
 
     Items are sorted by length so that batches need little padding; with ``equal_lengths`` a batch
-    only holds items of one length (for models that must not see padding).
+    only holds items of one length (for models that must not see padding). A batch holds at most
+    ``batch_size`` items and, when ``max_samples`` is given, at most that many samples once padded
+    (an item longer than that is a batch of its own).
     """
     if batch_size < 1:
         raise PredictError(f"batch size is {batch_size}: give at least 1")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
-    if not equal_lengths:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = []
-    groups = np.split(order, np.flatnonzero(np.diff(lengths[order])) + 1) if len(order) else []
-    for group in groups:
-        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    batches, current = [], []
+    for index in order:
+        if current:
+            longest = lengths[current[0]]  # sorted longest first
+            too_long = max_samples is not None and longest * (len(current) + 1) > max_samples
+            if len(current) == batch_size or too_long or (equal_lengths and lengths[index] != longest):
+                batches.append(np.array(current))
+                current = []
+        current.append(int(index))
+    if current:
+        batches.append(np.array(current))
     return batches
 
 
@@ -200,14 +218,15 @@ def _score_batch(scorer: Scorer, waveforms: Sequence[np.ndarray]) -> Tensor:
 def score_waveforms(
     scorer: Scorer,
     waveforms: Sequence[np.ndarray],
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Class probabilities of model-ready waveforms (each ``(T_i,)`` float32), batched by length.
 
-    Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
-    be scored (too short, or the model failed on it alone); its row is then NaN. ``on_batch(n)`` is
-    called after every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
+        Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
+        be scored (too short, or the model failed on it alone); its row is then NaN. A batch holds at most
+    ``batch_size`` items and :data:`BATCH_SECONDS` of padded audio. ``on_batch(n)`` is
+        called after every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
     """
     probabilities = np.full((len(waveforms), len(scorer.labels)), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * len(waveforms)
@@ -219,7 +238,13 @@ def score_waveforms(
                 f"the model needs at least {scorer.min_samples / scorer.sample_rate:.3f} s"
             )
     usable = [i for i in range(len(waveforms)) if errors[i] is None]
-    for batch in plan_batches([lengths[i] for i in usable], batch_size, equal_lengths=not scorer.uses_attention_mask):
+    batches = plan_batches(
+        [lengths[i] for i in usable],
+        batch_size,
+        equal_lengths=not scorer.uses_attention_mask,
+        max_samples=round(BATCH_SECONDS * scorer.sample_rate),
+    )
+    for batch in batches:
         items = [usable[j] for j in batch]
         try:
             probabilities[items] = _score_batch(scorer, [waveforms[i] for i in items]).numpy()
@@ -371,12 +396,22 @@ def _read(path: str, scorer: Scorer) -> tuple[np.ndarray, float]:
     return waveform, len(samples) / rate
 
 
+def _try_read(path: str, scorer: Scorer) -> tuple[np.ndarray, float] | str:
+    """:func:`_read`'s result, or why the file cannot be read."""
+    try:
+        return _read(path, scorer)
+    except audio.AudioError as error:
+        return str(error)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or first_line(error)})"
+
+
 def predict(
     model: Scorer | str | Path | Any,
     paths: Sequence[str | Path] | str | Path,
     window_seconds: float = 10.0,
     hop_seconds: float = 5.0,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     progress: bool = False,
     threads: int | None = None,
 ) -> list[Prediction]:
@@ -387,7 +422,26 @@ def predict(
     format, sample rate and channel count soundfile reads. Clips longer than ``window_seconds`` are
     scored in windows every ``hop_seconds`` and their probabilities averaged. A file that cannot be
     read or scored gets a Prediction with ``error`` set; the others are scored all the same.
-    ``threads``: torch's threads while scoring (default: the idle cores, see :func:`torch_threads`).
+    ``threads``: torch's threads while scoring, and threads reading files (default: the idle cores,
+    see :func:`torch_threads`).
+    """
+    return list(iter_predict(model, paths, window_seconds, hop_seconds, batch_size, progress, threads))
+
+
+def iter_predict(
+    model: Scorer | str | Path | Any,
+    paths: Sequence[str | Path] | str | Path,
+    window_seconds: float = 10.0,
+    hop_seconds: float = 5.0,
+    batch_size: int = BATCH_SIZE,
+    progress: bool = False,
+    threads: int | None = None,
+) -> Iterator[Prediction]:
+    """:func:`predict`, yielding each file's Prediction once its group of ``FILES_PER_CHUNK`` files is scored.
+
+    Memory stays flat however many files there are, and a caller that writes results as they come
+    keeps them all when a later file crashes the run. While one group is scored, threads read the
+    next one.
     """
     scorer = as_scorer(model)
     if isinstance(paths, (str, Path)):
@@ -398,55 +452,46 @@ def predict(
         raise PredictError(
             f"hop {hop_seconds} s is longer than the window {window_seconds} s: audio between windows would be skipped"
         )
+    if threads is not None and threads < 1:
+        raise PredictError(f"--threads {threads}: give at least 1")
     window = max(1, round(window_seconds * scorer.sample_rate))
     hop = max(1, round(hop_seconds * scorer.sample_rate))
-
     entries = expand_paths(paths)
-    predictions = [Prediction(path=path, error=reason) for path, reason in entries]
-    todo = [i for i, (_, reason) in enumerate(entries) if reason is None]
+    chunks = [entries[i : i + FILES_PER_CHUNK] for i in range(0, len(entries), FILES_PER_CHUNK)]
+    cores = threads or min(torch.get_num_threads(), idle_cores())
 
-    with progress_bar(progress) as bar, scorer.inference(), torch_threads(threads):
+    def read_ahead(chunk: list[tuple[str, str | None]]) -> list[Future | str]:
+        # Decoding and resampling release the GIL, so these threads read while the model scores.
+        return [readers.submit(_try_read, path, scorer) if reason is None else reason for path, reason in chunk]
+
+    with progress_bar(progress) as bar, ThreadPoolExecutor(max_workers=cores) as readers:
         task = bar.add_task("Scoring", total=0) if bar is not None else None
-        for start in range(0, len(todo), FILES_PER_CHUNK):
-            chunk = todo[start : start + FILES_PER_CHUNK]
+        reading = read_ahead(chunks[0]) if chunks else []
+        for number, chunk in enumerate(chunks):
+            reads = [read if isinstance(read, str) else read.result() for read in reading]
+            reading = read_ahead(chunks[number + 1]) if number + 1 < len(chunks) else []
+            predictions = [Prediction(path=path) for path, _ in chunk]
             pieces: list[np.ndarray] = []  # windows: views into the clips, not copies
             owners: list[int] = []  # which prediction each window belongs to
-            for i in chunk:
-                try:
-                    waveform, predictions[i].duration = _read(entries[i][0], scorer)
-                except audio.AudioError as error:
-                    predictions[i].error = str(error)
+            for i, read in enumerate(reads):
+                if isinstance(read, str):
+                    predictions[i].error = read
                     continue
-                except OSError as error:
-                    predictions[i].error = f"cannot be read ({error.strerror or first_line(error)})"
-                    continue
+                waveform, predictions[i].duration = read
                 for lo, hi in window_bounds(len(waveform), window, hop):
                     pieces.append(waveform[lo:hi])
                     owners.append(i)
             if bar is not None:
                 bar.update(task, total=bar.tasks[task].total + len(pieces))
             on_batch = (lambda n: bar.advance(task, n)) if bar is not None else None
-            probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch)
+            with scorer.inference(), torch_threads(cores):
+                probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch)
             rows_of: dict[int, list[int]] = {}
             for j, owner in enumerate(owners):
                 rows_of.setdefault(owner, []).append(j)
             for i, rows in rows_of.items():
                 _fill(predictions[i], scorer.labels, probabilities[rows], [errors[j] for j in rows])
-    return predictions
-
-
-def iter_predict(
-    model: Scorer | str | Path | Any, paths: Sequence[str | Path] | str | Path, **options: Any
-) -> Iterator[Prediction]:
-    """:func:`predict`, yielding each file's Prediction once its group of ``FILES_PER_CHUNK`` files is scored.
-
-    Memory stays flat however many files there are, and a caller that writes results as they come
-    keeps them all when a later file crashes the run. ``options`` are :func:`predict`'s.
-    """
-    scorer = as_scorer(model)
-    entries = expand_paths([paths] if isinstance(paths, (str, Path)) else paths)
-    for start in range(0, len(entries), FILES_PER_CHUNK):
-        yield from predict(scorer, [path for path, _ in entries[start : start + FILES_PER_CHUNK]], **options)
+            yield from predictions
 
 
 def _fill(

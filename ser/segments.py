@@ -33,7 +33,7 @@ import soundfile as sf
 
 from .data import audio
 from .errors import UserError
-from .inference import as_scorer, expand_paths, progress_bar, score_waveforms, torch_threads, window_bounds
+from .inference import BATCH_SIZE, as_scorer, expand_paths, progress_bar, score_waveforms, torch_threads, window_bounds
 from .scoring import Scorer
 
 VAD_RATE = 16_000  # silero-vad's rate
@@ -287,7 +287,7 @@ def segment_file(
     vad: Any,
     window_seconds: float = 10.0,
     hop_seconds: float = 5.0,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[Segment]:
     """The scored speech segments of one file; raises AudioError or OSError when it cannot be read."""
@@ -309,7 +309,7 @@ def segment_files(
     settings: SegmentSettings | None = None,
     window_seconds: float = 10.0,
     hop_seconds: float = 5.0,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     progress: bool = False,
     threads: int | None = None,
 ) -> Iterator[Segment]:

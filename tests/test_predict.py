@@ -141,6 +141,14 @@ def test_plan_batches_sorts_by_length_and_keeps_lengths_equal_when_asked():
     assert all(len({lengths[i] for i in b}) == 1 and len(b) <= 2 for b in equal)
 
 
+def test_plan_batches_caps_the_padded_samples_of_a_batch():
+    lengths = [10, 4, 4, 4, 4, 30, 9]
+    batches = plan_batches(lengths, batch_size=8, equal_lengths=False, max_samples=20)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    # the 30-sample item exceeds the cap alone and still gets its own batch; the others pad to at most 20
+    assert [[lengths[i] for i in b] for b in batches] == [[30], [10, 9], [4, 4, 4, 4]]
+
+
 def test_expand_paths_files_directories_globs(audio_tree, tmp_path):
     found = expand_paths(
         [

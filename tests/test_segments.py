@@ -149,15 +149,15 @@ def test_json_lines_are_written_as_files_are_scored(checkpoint, tmp_path, capsys
     for i in range(5):
         sf.write(tmp_path / f"clip{i}.wav", noise(0.5, 16_000, seed=i), 16_000)
     monkeypatch.setattr(inference, "FILES_PER_CHUNK", 2)
-    real_predict, calls = inference.predict, []
+    real_score, calls = inference.score_waveforms, []
 
     def crash_on_the_third_group(*args, **kwargs):
         calls.append(args[1])
         if len(calls) == 3:
             raise RuntimeError("out of memory at file 5")
-        return real_predict(*args, **kwargs)
+        return real_score(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "predict", crash_on_the_third_group)
+    monkeypatch.setattr(inference, "score_waveforms", crash_on_the_third_group)
     with pytest.raises(RuntimeError, match="file 5"):
         main(["-q", "predict", str(checkpoint), str(tmp_path), "--json"])
     printed = [json.loads(line)["path"] for line in capsys.readouterr().out.splitlines()]

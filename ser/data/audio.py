@@ -136,7 +136,7 @@ def to_model_input(
     Returns:
         float32 array of shape ``(T',)``.
     """
-    mono = audio.mean(axis=1) if audio.ndim == 2 else audio
+    mono = (audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)) if audio.ndim == 2 else audio
     if sample_rate != target_rate:
         import torch  # imported here so that a warm cache never pays for importing torch
         import torchaudio.functional as AF

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from transformers import PretrainedConfig, PreTrainedModel
+
+if TYPE_CHECKING:  # importing transformers' models takes seconds: an ONNX model is scored without them
+    from transformers import PretrainedConfig, PreTrainedModel
 
 from .encoder import receptive_field, uses_group_norm
 from .pooling import build_pooling

@@ -10,11 +10,12 @@ import copy
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+if TYPE_CHECKING:  # transformers is imported where a model or config is built: it takes seconds to import
+    from transformers import PretrainedConfig, PreTrainedModel
 
 from ..errors import UserError, first_line
 
@@ -108,6 +109,8 @@ def load_encoder_config(name_or_path: str | None, overrides: Mapping | None = No
     `mask_time_prob`). Without it, `overrides` must hold `model_type` and may hold every other field,
     as `config.to_dict()` gives them.
     """
+    from transformers import AutoConfig
+
     overrides = _plain(overrides)
     if name_or_path is None:
         model_type = overrides.pop("model_type", None)
@@ -149,6 +152,8 @@ def uses_group_norm(config: PretrainedConfig) -> bool:
 def _attention_implementation(config: PretrainedConfig, requested: str | None) -> str | None:
     if requested != "sdpa":
         return requested
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
     model_class = MODEL_MAPPING.get(type(config), None)
     if model_class is not None and not getattr(model_class, "_supports_sdpa", False):
         log.info("%s has no SDPA attention; using eager attention", model_class.__name__)
@@ -169,6 +174,8 @@ def build_encoder(
     randomly initialised. Every field of `config` (layerdrop, dropouts, SpecAugment masking) is what
     the model uses, also when the checkpoint was saved with other values. `config` is not modified.
     """
+    from transformers import AutoModel
+
     _check_audio(config, name_or_path)
     config = copy.deepcopy(config)  # transformers writes the attention implementation into it
     attn = _attention_implementation(config, attn_implementation)
