@@ -11,18 +11,20 @@ demo's encoder trained for a few steps by ``ser.train`` on a synthetic corpus) e
   normalises every file and scores the clips in batches of similar length.
 - ``pipeline()``: every file decoded with soundfile (the pipeline itself would need ffmpeg for a path) and
   handed over as ``{"raw": samples, "sampling_rate": rate}``; the pipeline resamples, normalises and scores.
-  At batch sizes 1, 8 and 32, on torch's default threads; ``ser predict`` is compared with the fastest of the
-  three. Once more at 32 on the threads ``ser predict`` takes (the idle cores, ``ser.inference.torch_threads``).
+  At batch sizes 1, 8 and 32; ``ser predict`` is compared with the fastest of the three.
 - ``ser predict`` on the same model exported to ONNX (``ser.export.export_onnx``), run by onnxruntime.
-- two settings ``ser predict`` does not use by default, to see what they would give: batches of 32
-  (``--batch-size 32``), and torch's oneDNN convolutions switched off.
+- two settings ``ser predict`` does not use by default, to see what they would give: batches of 8
+  (``--batch-size 8``), and torch's oneDNN convolutions switched off.
+
+Every side runs on the same torch threads (``--threads``, by default torch's own count), so that the
+comparison does not depend on the machine's load (``ser predict`` alone would take only the idle cores).
 
 Then, each in fresh processes:
 
 - one file from the command line, split into starting the interpreter, imports, loading the model and
   scoring, against ``python -c "import torch"``;
 - a long recording (synthetic clips with pauses, 16 kHz) through ``ser predict --segments``: seconds of
-  audio per second for a 10-minute file, and the peak memory of a 10- and a 60-minute file;
+  audio per second for a 10-minute file, and the peak memory of a 10-, a 30- and a 60-minute file;
 - many short files through ``ser predict DIR --json``: the peak memory of 500 and of 5,000 files.
 
 A side's time runs from the list of paths to every file's probabilities, decoding included; loading the
@@ -49,9 +51,8 @@ from pathlib import Path
 import numpy as np
 from report import BENCHMARKS_MD, ENCODER_CONFIGS, command_line, use_encoder, write_section
 
-BATCH_SIZE = 8  # ser predict's default
-LARGE_BATCH_SIZE = 32
-PIPELINE_BATCH_SIZES = (1, BATCH_SIZE, LARGE_BATCH_SIZE)
+SMALL_BATCH_SIZE = 8
+PIPELINE_BATCH_SIZES = (1, SMALL_BATCH_SIZE, 32)
 RECORDING_RATE = 16_000
 # Runs `ser` in this process and reports its peak resident memory in KiB on stderr, even when it exits 1. It reads
 # VmHWM: after fork and exec, getrusage's ru_maxrss still holds the parent's peak, which hides the child's own.
@@ -80,13 +81,13 @@ print(json.dumps({"interpreter": started - float(sys.argv[1]), "imports": import
                   "loading the model": loaded - imported, "scoring": scored - loaded}))
 """
 WARM_UP_FILES = 8
-SER_THREADS: list[int] = []  # torch threads of each ser predict pass (the idle cores when it started)
 CHECKPOINT_STEPS = 20  # a trained model, for predictions that mean something; the speed does not depend on it
 # The stages of each side timed under cProfile: (the end of the file's path, the function)
 STAGES = {
     "ser predict": {
-        "reading: decode, resample, normalise (`ser.inference._read`)": ("ser/inference.py", "_read"),
         "the model, in batches of similar length (`score_waveforms`)": ("ser/inference.py", "score_waveforms"),
+        # cProfile sees the main thread only: reading runs in threads, beside the model, so it is what is left
+        "the rest: waiting for files that threads decode, resample and normalise, windows, results": None,
     },
     "pipeline(), batch 1": {
         "reading: decode (soundfile, in this script)": ("benchmarks/predict.py", "decoded"),
@@ -133,16 +134,16 @@ def decoded(paths: list[str]):
 
 
 def score_with_ser(
-    model, paths: list[str], batch_size: int = BATCH_SIZE, onednn: bool = True
+    model, paths: list[str], threads: int, batch_size: int | None = None, onednn: bool = True
 ) -> tuple[list[str], np.ndarray]:
     """Labels and probabilities (N, C) in the model's label order, from ``ser predict``'s Python side."""
     import torch
 
-    from ser.inference import predict, torch_threads
+    from ser.inference import predict
 
-    with torch.backends.mkldnn.flags(enabled=onednn), torch_threads() as threads:
-        SER_THREADS.append(threads)
-        predictions = predict(model, paths, batch_size=batch_size, threads=threads)
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        predictions = predict(model, paths, threads=threads, **options)
     failed = [p for p in predictions if p.error is not None]
     if failed:
         raise SystemExit(f"error: ser predict failed on {failed[0].path}: {failed[0].error}")
@@ -150,15 +151,12 @@ def score_with_ser(
 
 
 def score_with_pipeline(
-    classifier, paths: list[str], labels: list[str], batch_size: int, idle_threads: bool = False
+    classifier, paths: list[str], labels: list[str], batch_size: int, threads: int
 ) -> tuple[list[str], np.ndarray]:
-    """Labels and probabilities (N, C), in ``labels``' order, from ``transformers.pipeline``; with
-    ``idle_threads``, on as many torch threads as ``ser predict`` takes (not the pipeline's default)."""
-    import torch
-
+    """Labels and probabilities (N, C), in ``labels``' order, from ``transformers.pipeline`` on ``threads``."""
     from ser.inference import torch_threads
 
-    with torch_threads(None if idle_threads else torch.get_num_threads()):
+    with torch_threads(threads):
         outputs = list(classifier(decoded(paths), top_k=None, batch_size=batch_size))
     top, probabilities = [], []
     for scores in outputs:
@@ -168,8 +166,9 @@ def score_with_pipeline(
     return top, np.array(probabilities)
 
 
-def stage_seconds(score, paths: list[str], stages: dict[str, tuple[str, str]]) -> tuple[float, dict[str, float]]:
-    """One pass of ``score(paths)`` under cProfile: its seconds, and the cumulative seconds of each stage."""
+def stage_seconds(score, paths: list[str], stages: dict[str, tuple[str, str] | None]) -> tuple[float, dict[str, float]]:
+    """One pass of ``score(paths)`` under cProfile: its seconds, and the cumulative seconds of each stage
+    (``(file end, function)``; None: the time the other stages leave)."""
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.runcall(score, paths)
@@ -178,11 +177,16 @@ def stage_seconds(score, paths: list[str], stages: dict[str, tuple[str, str]]) -
         profiler
     ).stats  # (file, line, function) -> (calls, primitive calls, own time, cumulative time, callers)
     seconds = {}
-    for stage, (file_end, function) in stages.items():
-        seconds[stage] = sum(
-            timing[3] for (file, _, name), timing in found.items() if name == function and file.endswith(file_end)
-        )
-    return total, seconds
+    for stage, where in stages.items():
+        if where is not None:
+            file_end, function = where
+            seconds[stage] = sum(
+                timing[3] for (file, _, name), timing in found.items() if name == function and file.endswith(file_end)
+            )
+    for stage, where in stages.items():
+        if where is None:
+            seconds[stage] = total - sum(seconds.values())
+    return total, {stage: seconds[stage] for stage in stages}
 
 
 def stage_table(profiled: dict[str, tuple[float, dict[str, float]]]) -> str:
@@ -294,6 +298,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files", type=int, help="files to score (default 480: 8 synthetic actors)")
     parser.add_argument("--repeats", type=int, help="timed runs per side (default 3)")
     parser.add_argument("--device", default="cpu", help="where both sides run the model (cpu, cuda)")
+    parser.add_argument("--threads", type=int, help="torch threads of every side (default: torch's own count)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 files, one timed run per side")
     parser.add_argument(
         "--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)"
@@ -334,28 +339,27 @@ def main() -> None:
         classifier = pipeline("audio-classification", model=str(exported), device=torch.device(args.device))
         pipeline_load = time.perf_counter() - started
         labels = model.labels
+        threads = args.threads or torch.get_num_threads()  # read before silero-vad, loaded later, sets its own
 
         sides = {
-            "ser predict": lambda files: score_with_ser(model, files),
+            "ser predict": lambda files: score_with_ser(model, files, threads),
             **{
                 f"pipeline(), batch {size}": lambda files, size=size: score_with_pipeline(
-                    classifier, files, labels, batch_size=size
+                    classifier, files, labels, size, threads
                 )
                 for size in PIPELINE_BATCH_SIZES
             },
-            f"pipeline(), batch {LARGE_BATCH_SIZE}, on ser predict's threads (not its default)": (
-                lambda files: score_with_pipeline(classifier, files, labels, LARGE_BATCH_SIZE, idle_threads=True)
+            "ser predict, ONNX model (onnxruntime)": lambda files: score_with_ser(onnx_model, files, threads),
+            f"ser predict --batch-size {SMALL_BATCH_SIZE} (not the default)": lambda files: score_with_ser(
+                model, files, threads, SMALL_BATCH_SIZE
             ),
-            "ser predict, ONNX model (onnxruntime)": lambda files: score_with_ser(onnx_model, files),
-            f"ser predict --batch-size {LARGE_BATCH_SIZE} (not the default)": lambda files: score_with_ser(
-                model, files, LARGE_BATCH_SIZE
+            "ser predict, oneDNN off (not the default)": lambda files: score_with_ser(
+                model, files, threads, onednn=False
             ),
-            "ser predict, oneDNN off (not the default)": lambda files: score_with_ser(model, files, onednn=False),
         }
         for score in sides.values():  # the first calls of a model are slower
             score(paths[:WARM_UP_FILES])
 
-        default_threads = torch.get_num_threads()  # silero-vad, loaded later, sets its own
         load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         seconds = {side: [] for side in sides}
         outputs = {}
@@ -367,15 +371,18 @@ def main() -> None:
         load_after = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         profiled = {side: stage_seconds(sides[side], paths, stages) for side, stages in STAGES.items()}
 
-        cold, command_seconds, torch_seconds = cold_start(exported, paths[0], repeats, args.device)
+        cold = {
+            "exported directory (transformers)": cold_start(exported, paths[0], repeats, args.device),
+            "ONNX file (onnxruntime)": cold_start(onnx_file, paths[0], repeats, args.device),
+        }
 
-        minutes = (0.5, 1.5) if args.quick else (10, 60)
+        minutes = (0.5, 1, 1.5) if args.quick else (10, 30, 60)
         recordings = {}
         for length in minutes:
             recordings[length] = scratch / f"recording-{length}min.wav"
             write_recording(recordings[length], paths[:60], length * 60)
         started = time.perf_counter()
-        segments = list(segment_files(model, [recordings[minutes[0]]], batch_size=BATCH_SIZE))
+        segments = list(segment_files(model, [recordings[minutes[0]]]))
         segment_seconds = time.perf_counter() - started
         if any(s.error is not None for s in segments):
             raise SystemExit(f"error: --segments failed on {recordings[minutes[0]]}")
@@ -408,19 +415,23 @@ def main() -> None:
     best = min(pipelines, key=median.get)
     ratio = median[baseline] / median["ser predict"]
     ratio_best = median[best] / median["ser predict"]
-    same_threads = f"pipeline(), batch {LARGE_BATCH_SIZE}, on ser predict's threads (not its default)"
-    ratio_same_threads = median[same_threads] / median["ser predict"]
-    threads_used = sorted(set(SER_THREADS))
     source = (
         f"`{args.checkpoint}`"
         if args.checkpoint
         else f"encoder `{args.encoder_config}` trained for {steps} steps by `ser.train`"
     )
-    cold_total = sum(cold.values())
+    cold_header = " | ".join(cold)
+    stages = next(iter(cold.values()))[0]
     cold_rows = "\n".join(
-        f"| {stage} | {seconds:.2f} | {seconds / cold_total:.0%} |" for stage, seconds in cold.items()
+        f"| {stage} | "
+        + " | ".join(f"{parts[stage]:.2f} ({parts[stage] / sum(parts.values()):.0%})" for parts, _, _ in cold.values())
+        + " |"
+        for stage in stages
     )
-    short, long = minutes
+    commands = "; ".join(f"{model} {command:.2f} s" for model, (_, command, _) in cold.items())
+    torch_seconds = statistics.median(seconds for _, _, seconds in cold.values())
+    scoring_share = max(parts["scoring"] / sum(parts.values()) for parts, _, _ in cold.values())
+    short, middle, long = minutes
     long_rows = "\n".join(
         f"| {length} min | {seconds:.1f} | {peak:.0f} |" for length, (seconds, peak, _) in memory_long.items()
     )
@@ -440,22 +451,22 @@ def main() -> None:
         f"- `ser predict` is {ratio_best:.2f}x as fast as `pipeline()` at its best batch size ({best.split()[-1]}) "
         f"(target 2x: {'met' if ratio_best >= 2 else 'missed'}), and {ratio:.2f}x as fast as `pipeline()` at its "
         "default batch size (1).",
-        f"- torch threads: `ser predict` took {'/'.join(map(str, threads_used))} (the cores other processes left "
-        f"idle when a pass started, `ser.inference.torch_threads`); `pipeline()` runs on torch's default, "
-        f"{default_threads}. On the threads `ser predict` takes, `pipeline()` in batches of "
-        f"{LARGE_BATCH_SIZE} is {ratio_same_threads:.2f}x slower than `ser predict`. Load average when the "
-        f"timed runs started and ended: {load_before} and {load_after} (`os.getloadavg`, 1, 5 and 15 minutes).",
+        f"- every side on {threads} torch thread(s). Load average when the timed runs started and ended: "
+        f"{load_before} and {load_after} (`os.getloadavg`, 1, 5 and 15 minutes).",
         f"One file from the command line, in fresh processes (median of {repeats}): `ser predict MODEL FILE --json` "
-        f'takes {command_seconds:.2f} s; `python -c "import torch"` takes {torch_seconds:.2f} s. The stages of the '
-        "same prediction, timed inside a fresh interpreter:",
-        "| stage | seconds | share |\n| --- | --- | --- |\n" + cold_rows,
+        f'takes: {commands}; `python -c "import torch"` takes {torch_seconds:.2f} s. The stages of the same '
+        "prediction, timed inside a fresh interpreter, seconds (share):",
+        f"| stage | {cold_header} |\n| --- | --- | --- |\n" + cold_rows,
+        f"- scoring is at most {scoring_share:.0%} of the time to the result (target: not where the time goes, "
+        f"{'met' if scoring_share < 0.1 else 'missed'}).",
         f"A long recording (synthetic clips with 0.5-2 s pauses, {RECORDING_RATE // 1000} kHz mono): the "
         f"{short}-minute file through `segment_files` (what `ser predict --segments` runs) gives {len(segments)} "
         f"segments in {segment_seconds:.1f} s, **{short * 60 / segment_seconds:.1f} seconds of audio per second**. "
         "Peak memory of `ser predict MODEL FILE --segments --json` in a fresh process, which reads the file in blocks:",
         "| recording | seconds | peak memory (MiB) |\n| --- | --- | --- |\n" + long_rows,
-        f"- the {long}-minute file needs {memory_long[long][1] / memory_long[short][1]:.2f}x the memory of the "
-        f"{short}-minute one.",
+        f"- the {middle}-minute file needs {memory_long[middle][1] / memory_long[short][1]:.2f}x the memory of the "
+        f"{short}-minute one, the {long}-minute file {memory_long[long][1] / memory_long[short][1]:.2f}x: the "
+        f"{long - middle} minutes after the {middle}th add {memory_long[long][1] - memory_long[middle][1]:.0f} MiB.",
         "Many short files through `ser predict DIR --json` in a fresh process, each result printed as its group of "
         "files is scored:",
         "| files | seconds | files/s | peak memory (MiB) |\n| --- | --- | --- | --- |\n" + many_rows,

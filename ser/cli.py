@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -557,7 +558,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# oneDNN keeps the kernels it prepared for every input shape it met, up to 1024 shapes' worth: scoring
+# clips of ever new lengths (speech segments, directories, uploads) grows the process by each new
+# length until that cap. A few shapes' worth keeps memory flat; a new length pays for its kernels
+# either way. Read when torch loads oneDNN, so set before the commands import torch.
+ONEDNN_CACHE_CAPACITY = "64"
+
+
 def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_user_error():
