@@ -223,10 +223,10 @@ def score_waveforms(
 ) -> tuple[np.ndarray, list[str | None]]:
     """Class probabilities of model-ready waveforms (each ``(T_i,)`` float32), batched by length.
 
-        Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
-        be scored (too short, or the model failed on it alone); its row is then NaN. A batch holds at most
-    ``batch_size`` items and :data:`BATCH_SECONDS` of padded audio. ``on_batch(n)`` is
-        called after every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
+    Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
+    be scored (too short, or the model failed on it alone); its row is then NaN. A batch holds at most
+    ``batch_size`` items and :data:`BATCH_SECONDS` of padded audio. ``on_batch(n)`` is called after
+    every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
     """
     probabilities = np.full((len(waveforms), len(scorer.labels)), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * len(waveforms)
@@ -526,6 +526,10 @@ def progress_bar(enabled: bool):
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=True,
+        # On a terminal rich would take sys.stdout over and print it on stderr above the bar, so that
+        # results written while the bar shows (JSON lines, CSV rows) would miss a redirected stdout.
+        redirect_stdout=False,
+        redirect_stderr=False,
     ) as bar:
         yield bar
 

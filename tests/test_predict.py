@@ -26,6 +26,7 @@ from ser.inference import (
     load_model,
     plan_batches,
     predict,
+    progress_bar,
     score_waveforms,
     window_bounds,
 )
@@ -139,6 +140,16 @@ def test_plan_batches_sorts_by_length_and_keeps_lengths_equal_when_asked():
     equal = plan_batches(lengths, batch_size=2, equal_lengths=True)
     assert sorted(i for b in equal for i in b) == list(range(7))
     assert all(len({lengths[i] for i in b}) == 1 and len(b) <= 2 for b in equal)
+
+
+def test_lines_printed_while_the_progress_bar_shows_stay_on_stdout(monkeypatch, capsys):
+    """`ser predict DIR --json > out.jsonl` on a terminal: the bar is on the screen, the results in the file."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich then takes stderr for a terminal
+    with progress_bar(True) as bar:
+        bar.add_task("Scoring", total=1)
+        print('{"path": "clip.wav"}', flush=True)
+    out, err = capsys.readouterr()
+    assert out == '{"path": "clip.wav"}\n' and "clip.wav" not in err
 
 
 def test_plan_batches_caps_the_padded_samples_of_a_batch():
