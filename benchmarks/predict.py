@@ -376,7 +376,7 @@ def main() -> None:
             "ONNX file (onnxruntime)": cold_start(onnx_file, paths[0], repeats, args.device),
         }
 
-        minutes = (0.5, 1, 1.5) if args.quick else (10, 30, 60)
+        minutes = (0.5, 1.5) if args.quick else (10, 30, 60)
         recordings = {}
         for length in minutes:
             recordings[length] = scratch / f"recording-{length}min.wav"
@@ -431,7 +431,7 @@ def main() -> None:
     commands = "; ".join(f"{model} {command:.2f} s" for model, (_, command, _) in cold.items())
     torch_seconds = statistics.median(seconds for _, _, seconds in cold.values())
     scoring_share = max(parts["scoring"] / sum(parts.values()) for parts, _, _ in cold.values())
-    short, middle, long = minutes
+    short = minutes[0]
     long_rows = "\n".join(
         f"| {length} min | {seconds:.1f} | {peak:.0f} |" for length, (seconds, peak, _) in memory_long.items()
     )
@@ -464,9 +464,12 @@ def main() -> None:
         f"segments in {segment_seconds:.1f} s, **{short * 60 / segment_seconds:.1f} seconds of audio per second**. "
         "Peak memory of `ser predict MODEL FILE --segments --json` in a fresh process, which reads the file in blocks:",
         "| recording | seconds | peak memory (MiB) |\n| --- | --- | --- |\n" + long_rows,
-        f"- the {middle}-minute file needs {memory_long[middle][1] / memory_long[short][1]:.2f}x the memory of the "
-        f"{short}-minute one, the {long}-minute file {memory_long[long][1] / memory_long[short][1]:.2f}x: the "
-        f"{long - middle} minutes after the {middle}th add {memory_long[long][1] - memory_long[middle][1]:.0f} MiB.",
+        f"- against the {short}-minute file's memory: "
+        + ", ".join(
+            f"the {length}-minute file needs {memory_long[length][1] / memory_long[short][1]:.2f}x"
+            for length in minutes[1:]
+        )
+        + ".",
         "Many short files through `ser predict DIR --json` in a fresh process, each result printed as its group of "
         "files is scored:",
         "| files | seconds | files/s | peak memory (MiB) |\n| --- | --- | --- | --- |\n" + many_rows,
