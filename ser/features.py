@@ -34,6 +34,7 @@ from .atomic import atomic_dir, write_json
 from .data.batching import collate
 from .data.features import META_FILE, OUTPUT, CachedFeatures, FeatureCacheError, format_bytes
 from .data.prepare import PreparedCorpus
+from .inference import plan_batches
 from .models.encoder import uses_group_norm
 
 log = logging.getLogger(__name__)
@@ -94,23 +95,6 @@ def frame_counts(encoder: PreTrainedModel, lengths: np.ndarray) -> np.ndarray:
     """Frames the encoder gives for clips of ``lengths`` samples, ``(N,)`` int64."""
     counts = encoder._get_feat_extract_output_lengths(torch.as_tensor(lengths, dtype=torch.long))
     return counts.numpy().astype(np.int64)
-
-
-def _length_batches(lengths: np.ndarray, alone: bool) -> list[np.ndarray]:
-    """Clip indices grouped by length: equal lengths only when clips must be encoded alone, else up to a budget."""
-    order = np.argsort(lengths, kind="stable")
-    batches, current = [], []
-    for index in order:
-        if current:
-            longest = lengths[index]  # sorted, so the newest clip is the longest
-            full = (longest * (len(current) + 1) > _BATCH_SAMPLES) or (alone and longest != lengths[current[0]])
-            if full:
-                batches.append(np.array(current))
-                current = []
-        current.append(int(index))
-    if current:
-        batches.append(np.array(current))
-    return batches
 
 
 def _autocast(device: torch.device, autocast: str | None):
@@ -226,7 +210,8 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()
     alone = uses_group_norm(encoder.config)
-    batches = _length_batches(lengths, alone)
+    # clips of similar length share a pass; a group-norm encoder's clips only with clips of their own length
+    batches = plan_batches(lengths, max(1, len(lengths)), equal_lengths=alone, max_samples=_BATCH_SAMPLES)
     try:
         with atomic_dir(entry, overwrite=True) as building:
             frame_file = None
