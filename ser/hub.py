@@ -33,7 +33,14 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_AUDIO_CLASSIFICATIO
 
 from .errors import first_line
 from .models.classifier import SpeechClassifier, apply_at_true_lengths, check_batch, load_hf_state_dict
-from .models.encoder import AUDIO_MODEL_TYPES, EncoderError, is_local_path, not_loadable, receptive_field
+from .models.encoder import (
+    AUDIO_MODEL_TYPES,
+    EncoderError,
+    is_local_path,
+    not_loadable,
+    receptive_field,
+    use_channels_last_features,
+)
 from .scoring import evaluating, module_logits
 
 log = logging.getLogger(__name__)
@@ -164,6 +171,9 @@ class HFClassifier(nn.Module):
     Given a mask, such clips are scored at their true lengths, clips of equal length together (what
     ``transformers.pipeline``, one clip at a time, gives); callers that want one pass per batch
     should batch clips of equal length.
+
+    Scored on a CPU, the CNN feature encoder runs channels-last
+    (:func:`ser.models.encoder.use_channels_last_features`): transformers' results to float rounding.
     """
 
     def __init__(self, model: nn.Module, feature_extractor, name_or_path: str | None = None):
@@ -178,6 +188,7 @@ class HFClassifier(nn.Module):
         self.trim_db = None
         self.min_samples = receptive_field(model.config)
         self.name = str(name_or_path or "model").rstrip("/").split("/")[-1]
+        use_channels_last_features(model)  # the same scores, computed faster on a CPU
 
     @property
     def num_labels(self) -> int:

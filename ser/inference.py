@@ -55,6 +55,10 @@ BATCH_SIZE = 16
 # inputs are long windows (the first convolution of a wav2vec 2.0 encoder holds 512 channels for
 # every 5 samples, so 160 s of audio in float32 is about 1 GiB there).
 BATCH_SECONDS = 160.0
+# A batch is padded to a multiple of this many seconds: oneDNN builds its convolutions for each new
+# input shape, which takes longer than a small model's forward pass, and with lengths on a grid it
+# reuses them. Only models that take an attention mask are padded, for which padding changes nothing.
+PAD_SECONDS = 0.2
 
 
 class PredictError(UserError):
@@ -66,13 +70,15 @@ class CheckpointClassifier:
 
     What its inputs must be comes from the module's hyperparameters, which training sets from the
     data config. It takes the attention mask: its classifier encodes the clips of a group-norm
-    encoder at their true lengths itself. ``module`` is the wrapped ``SERModule``.
+    encoder at their true lengths itself. ``module`` is the wrapped ``SERModule``; its CNN feature
+    encoder computes channels-last when it runs without autograd on a CPU
+    (:func:`ser.models.encoder.use_channels_last_features`).
     """
 
     uses_attention_mask = True
 
     def __init__(self, module: Any, name: str | None = None):
-        from .models.encoder import receptive_field
+        from .models.encoder import receptive_field, use_channels_last_features
 
         hparams = module.hparams
         self.module = module
@@ -83,6 +89,7 @@ class CheckpointClassifier:
         trim_db = hparams.get("trim_db")  # absent from checkpoints older than silence trimming
         self.trim_db = None if trim_db is None else float(trim_db)
         self.min_samples = receptive_field(module.model.encoder.config)
+        use_channels_last_features(module.model.encoder)  # the same scores, computed faster on a CPU
 
     def logits(self, waveforms: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Logits (B, C) float32 on the CPU, the inputs moved to the module's device."""
@@ -205,7 +212,10 @@ def plan_batches(
 
 
 def _score_batch(scorer: Scorer, waveforms: Sequence[np.ndarray]) -> Tensor:
-    batch, mask = pad_batch(waveforms)
+    if scorer.uses_attention_mask:
+        batch, mask = pad_batch(waveforms, multiple=max(1, round(PAD_SECONDS * scorer.sample_rate)))
+    else:  # equal lengths: padding would change the scores
+        batch, mask = pad_batch(waveforms)
     logits = scorer.logits(batch, mask if scorer.uses_attention_mask else None)
     if logits.shape != (len(waveforms), len(scorer.labels)):
         raise RuntimeError(

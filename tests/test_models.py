@@ -28,8 +28,9 @@ from ser.models import (
     load_hf_state_dict,
     uses_group_norm,
 )
+from ser.models import encoder as encoder_module
 from ser.models.classifier import apply_at_true_lengths
-from ser.models.encoder import receptive_field
+from ser.models.encoder import receptive_field, use_channels_last_features
 
 TINY = dict(
     hidden_size=32,
@@ -189,6 +190,41 @@ def test_every_encoder_type_builds_runs_and_matches_transformers(model_type):
         logits = ours(batch, mask)
         torch.testing.assert_close(logits, reference(batch, attention_mask=mask).logits, rtol=1e-5, atol=1e-6)
     assert logits.shape == (2, 8) and torch.isfinite(logits).all()
+
+
+def _count_channels_last_calls(monkeypatch) -> list[int]:
+    calls = []
+    original = encoder_module.channels_last_features
+    monkeypatch.setattr(encoder_module, "channels_last_features", lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("model_type", AUDIO_MODEL_TYPES)
+@pytest.mark.parametrize("norm", [LAYER_NORM, GROUP_NORM], ids=["layer", "group"])
+def test_channels_last_features_are_transformers_features(model_type, norm, monkeypatch):
+    encoder = build_encoder(tiny_config(model_type, conv_bias=True, **norm), pretrained=False).eval()
+    batch, _ = waveforms([3200, 2000])
+    calls = _count_channels_last_calls(monkeypatch)
+    with torch.inference_mode():
+        expected = encoder.feature_extractor(batch)
+        assert use_channels_last_features(encoder) == 1
+        features = encoder.feature_extractor(batch)
+    assert len(calls) == 1
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_features_leave_training_to_transformers(monkeypatch):
+    encoder = build_encoder(tiny_config("wav2vec2", **LAYER_NORM), pretrained=False)
+    use_channels_last_features(encoder)
+    calls = _count_channels_last_calls(monkeypatch)
+    batch, _ = waveforms([3200])
+    assert encoder.feature_extractor(batch).requires_grad  # autograd on: transformers' forward, which back-propagates
+    with torch.no_grad():
+        encoder.feature_extractor(batch)  # in training mode
+    assert calls == []
+    with torch.no_grad():
+        encoder.eval().feature_extractor(batch)
+    assert calls == [1]
 
 
 def test_sdpa_where_supported_eager_otherwise():

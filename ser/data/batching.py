@@ -56,13 +56,15 @@ class ClipDataset(Dataset):
         }
 
 
-def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(waveforms: Sequence[np.ndarray | torch.Tensor], multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips ``(T_i,)`` zero padded to the longest: waveforms (B, T) float32 and attention mask (B, T) bool.
 
-    The mask is True on real samples. Clips are copied, so read-only memory maps are fine.
+    T is the longest clip's length rounded up to a multiple of ``multiple``. The mask is True on
+    real samples. Clips are copied, so read-only memory maps are fine.
     """
     lengths = torch.tensor([len(w) for w in waveforms])
-    batch = np.zeros((len(waveforms), int(lengths.max()) if len(waveforms) else 0), dtype=np.float32)
+    longest = int(lengths.max()) if len(waveforms) else 0
+    batch = np.zeros((len(waveforms), -(-longest // multiple) * multiple), dtype=np.float32)
     for row, waveform in enumerate(waveforms):
         batch[row, : len(waveform)] = np.asarray(waveform)
     return torch.from_numpy(batch), torch.arange(batch.shape[1]) < lengths[:, None]

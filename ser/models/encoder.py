@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 if TYPE_CHECKING:  # transformers is imported where a model or config is built: it takes seconds to import
     from transformers import PretrainedConfig, PreTrainedModel
@@ -216,3 +219,78 @@ def _enable_checkpointing(model: PreTrainedModel) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+# --- the CNN feature encoder, channels-last, for inference on a CPU ---------------------------------
+
+# transformers' convolution layers of the wav2vec 2.0 family (`<Model><kind>`): a `conv` (Conv1d), an
+# optional `layer_norm` and an `activation`, applied in that order.
+_CONV_LAYER_KINDS = ("NoLayerNormConvLayer", "LayerNormConvLayer", "GroupNormConvLayer", "AudioConvLayer")
+
+
+def _is_plain_conv_layer(layer: nn.Module) -> bool:
+    conv, norm = getattr(layer, "conv", None), getattr(layer, "layer_norm", None)
+    return (
+        type(layer).__name__.endswith(_CONV_LAYER_KINDS)
+        and isinstance(conv, nn.Conv1d)
+        and conv.padding == (0,)
+        and conv.dilation == (1,)
+        and conv.groups == 1
+        and (norm is None or isinstance(norm, (nn.LayerNorm, nn.GroupNorm)))
+    )
+
+
+def channels_last_features(conv_layers: nn.ModuleList, input_values: Tensor) -> Tensor:
+    """What transformers' CNN feature encoder computes for input_values (B, T): (B, C, T') float32.
+
+    Each convolution runs as a one-row conv2d on channels-last activations, the (B, T', C) layout that
+    oneDNN computes in without reordering, and each layer norm then normalises contiguous rows.
+    transformers' layers run on (B, C, T') and transpose around every layer norm, which copies the
+    largest activations twice per layer. The result is a (B, C, T') view of (B, T', C) memory: the
+    encoder transposes it to (B, T', C) next, which is then free.
+    """
+    batch, samples = input_values.shape
+    # (B, 1, 1, T) with channels-last strides, so that the first convolution writes channels-last too
+    hidden = input_values.contiguous().as_strided((batch, 1, 1, samples), (samples, 1, samples, 1))
+    for layer in conv_layers:
+        conv, norm = layer.conv, getattr(layer, "layer_norm", None)
+        hidden = F.conv2d(hidden, conv.weight.unsqueeze(2), conv.bias, stride=(1, conv.stride[0]))
+        hidden = hidden.contiguous(memory_format=torch.channels_last)  # a no-op where oneDNN kept the layout
+        if isinstance(norm, nn.LayerNorm):
+            rows = F.layer_norm(hidden.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+            hidden = layer.activation(rows).permute(0, 3, 1, 2)
+        elif isinstance(norm, nn.GroupNorm):
+            # over time, in transformers' layout: torch's channels-last group norm sums in another order,
+            # which moves the results of long clips by more than float rounding
+            hidden = layer.activation(norm(hidden.contiguous())).contiguous(memory_format=torch.channels_last)
+        else:
+            hidden = layer.activation(hidden)
+    return hidden[:, :, 0, :]
+
+
+def _feature_encoder_forward(self: nn.Module, input_values: Tensor) -> Tensor:
+    if torch.is_grad_enabled() or self.training or input_values.device.type != "cpu" or input_values.dim() != 2:
+        return type(self).forward(self, input_values)
+    return channels_last_features(self.conv_layers, input_values)
+
+
+def use_channels_last_features(model: nn.Module) -> int:
+    """Let every transformers CNN feature encoder in `model` compute channels-last when it runs on a
+    CPU without autograd (prediction, evaluation); training and GPUs keep transformers' own code.
+
+    The results are transformers' to float rounding; see :func:`channels_last_features`. An encoder
+    with layers of another kind is left as it is. Returns the number of encoders switched over.
+    """
+    switched = 0
+    for module in model.modules():
+        layers = getattr(module, "conv_layers", None)
+        if (
+            isinstance(layers, nn.ModuleList)
+            and len(layers) > 0
+            and all(_is_plain_conv_layer(layer) for layer in layers)
+            and type(module).__name__.endswith("FeatureEncoder")
+        ):
+            # bound to the module, so that a deep copy of the model calls its own copy's layers
+            module.forward = types.MethodType(_feature_encoder_forward, module)
+            switched += 1
+    return switched
