@@ -566,7 +566,7 @@ def test_ravdess_stand_in_refuses_more_actors_than_ravdess_has(tmp_path):
         write_stand_in(tmp_path / "r", "ravdess", speakers=25)
 
 
-def test_tess_rate_resamples_quickly_and_usual_rates_exactly(stand_ins):
+def test_tess_rate_resamples_quickly_and_usual_rates_as_torchaudio_does(stand_ins):
     import time
 
     import torch
@@ -580,9 +580,14 @@ def test_tess_rate_resamples_quickly_and_usual_rates_exactly(stand_ins):
     model_input = to_model_input(samples, rate, normalize=False)
     assert time.perf_counter() - started < 5  # the exact 24414 -> 16000 kernel takes tens of seconds
     assert abs(len(model_input) - len(samples) * 16_000 / rate) <= 1
-    noise = np.random.default_rng(0).standard_normal((4410, 1)).astype(np.float32)
-    expected = AF.resample(torch.from_numpy(noise[:, 0].copy()), 44_100, 16_000).numpy()
-    assert np.array_equal(to_model_input(noise, 44_100, normalize=False), expected)
+    for rate, length in [(44_100, 4410), (48_000, 133_562), (8_000, 1), (22_050, 22_051)]:
+        noise = np.random.default_rng(0).standard_normal((length, 1)).astype(np.float32)
+        expected = AF.resample(torch.from_numpy(noise[:, 0].copy()), rate, 16_000).numpy()
+        # the same filter and length, summed in another order: float32 rounding apart, which for 22050 Hz
+        # is 7e-5 between torchaudio's float32 and float64 results. An approximate ratio would drift further.
+        resampled = to_model_input(noise, rate, normalize=False)
+        assert resampled.shape == expected.shape
+        np.testing.assert_allclose(resampled, expected, rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
