@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=16,
         metavar="N",
-        help="clips or windows per forward pass, at most 160 s of audio (default 16)",
+        help="clips or windows per forward pass, at most 40 s of audio (default 16)",
     )
     pred.add_argument("--device", default=None, help="torch device for the model, e.g. cuda (default cpu)")
     pred.add_argument(
@@ -558,11 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# oneDNN keeps the kernels it prepared for every input shape it met, up to 1024 shapes' worth: scoring
-# clips of ever new lengths (speech segments, directories, uploads) grows the process by each new
-# length until that cap. A few shapes' worth keeps memory flat; a new length pays for its kernels
-# either way. Read when torch loads oneDNN, so set before the commands import torch.
-ONEDNN_CACHE_CAPACITY = "64"
+# oneDNN keeps the kernels it prepared for every input shape it met, with their work buffers, up to
+# 1024 of them: scoring clips of ever new lengths (speech segments, directories, uploads) grows the
+# process with each new length until that cap. Batches come sorted by length and padded to a grid
+# (ser.inference.PAD_SECONDS), so one batch mostly reuses the last one's kernels, and a few suffice.
+# Read when torch loads oneDNN, so set before the commands import torch.
+ONEDNN_CACHE_CAPACITY = "8"
 
 
 def main(argv: list[str] | None = None) -> None:

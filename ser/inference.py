@@ -53,8 +53,8 @@ FILES_PER_CHUNK = 128
 BATCH_SIZE = 16
 # Seconds of padded audio per forward pass at most, whatever BATCH_SIZE says: bounds memory when the
 # inputs are long windows (the first convolution of a wav2vec 2.0 encoder holds 512 channels for
-# every 5 samples, so 160 s of audio in float32 is about 1 GiB there).
-BATCH_SECONDS = 160.0
+# every 5 samples, so 40 s of audio in float32 is about 250 MiB there). Speed does not need more.
+BATCH_SECONDS = 40.0
 # A batch is padded to a multiple of this many seconds: oneDNN builds its convolutions for each new
 # input shape, which takes longer than a small model's forward pass, and with lengths on a grid it
 # reuses them. Only models that take an attention mask are padded, for which padding changes nothing.

@@ -39,7 +39,9 @@ from .scoring import Scorer
 VAD_RATE = 16_000  # silero-vad's rate
 VAD_FRAME = 512  # samples per detector call at 16 kHz (32 ms): the only frame size silero-vad v5+ takes
 BLOCK_SECONDS = 60  # audio read at a time; whole seconds, so that every block resamples to whole samples
-PIECES_PER_BATCH_GROUP = 256  # windows collected before scoring: bounds memory, enough to batch by length
+# Seconds of speech collected before scoring (and a segment's windows): enough to batch windows of
+# similar length, and a bound on memory that does not depend on the recording's length.
+GROUP_SECONDS = 120
 
 
 class SegmentError(UserError):
@@ -207,6 +209,7 @@ def _score_segments(
     segments = [Segment(path=path, start=a / rate, end=b / rate) for a, b in spans]
     pieces: list[np.ndarray] = []
     owners: list[int] = []
+    grouped = 0  # samples of the segments whose windows are in pieces
 
     def flush() -> None:
         probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch)
@@ -225,8 +228,10 @@ def _score_segments(
         for lo, hi in window_bounds(len(waveform), window, hop):
             pieces.append(waveform[lo:hi])
             owners.append(i)
-        if len(pieces) >= PIECES_PER_BATCH_GROUP:
+        grouped += len(waveform)
+        if grouped >= GROUP_SECONDS * scorer.sample_rate:
             flush()
+            grouped = 0
     if pieces:
         flush()
     return segments

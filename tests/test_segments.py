@@ -96,7 +96,7 @@ def test_recording_read_in_small_blocks_gives_the_same_segments(recording, check
     path, _ = recording
     whole = list(segment_files(checkpoint, [path]))
     monkeypatch.setattr(module, "BLOCK_SECONDS", 1)
-    monkeypatch.setattr(module, "PIECES_PER_BATCH_GROUP", 1)
+    monkeypatch.setattr(module, "GROUP_SECONDS", 0.1)
     blocks = list(segment_files(checkpoint, [path]))
     assert len(blocks) == len(whole)
     for a, b in zip(whole, blocks):
