@@ -132,24 +132,32 @@ def _resampler(orig_freq: int, new_freq: int):
 def resample(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
     """``torchaudio.functional.resample`` of mono samples ``(T,)`` to ``target_rate``: float32 ``(T',)``.
 
-    The same samples to float rounding, computed faster for many clips: the filter is built once per pair of rates,
-    and the input is zero padded to whole seconds before the convolution (its output there is cut
-    off), because oneDNN builds a convolution for every new input length, which takes longer than
-    the convolution itself.
+    The same samples to float rounding, computed faster for many clips. torchaudio's function builds
+    its filter on every call, and oneDNN builds a convolution for every new input length, each of
+    which takes longer than the convolution itself: here the filter is built once per pair of rates,
+    and the input is zero padded to whole seconds (the output there is cut off), in one copy.
     """
     import torch
+    import torch.nn.functional as F
 
     # torchaudio's kernel has target/gcd phases of source/gcd taps each: for a rate co-prime with 16 kHz,
     # such as TESS's 24414 Hz, that is 8000 x 12207 taps. The nearest ratio with a denominator up to 1000
     # is off by a millionth at most, and exact (the same samples) for the usual rates.
     ratio = Fraction(target_rate, sample_rate).limit_denominator(1000)
     orig_freq, new_freq = ratio.denominator, ratio.numerator
+    if orig_freq == new_freq:  # within a millionth of the target rate
+        return np.array(samples, dtype=np.float32)
+    resampler = _resampler(orig_freq, new_freq)
     length = len(samples)
-    padded = np.zeros(-(-length // sample_rate) * sample_rate, dtype=np.float32)
-    padded[:length] = samples
-    # the output length as torchaudio computes it, in float32
-    kept = int(torch.ceil(torch.as_tensor(new_freq * length / orig_freq)))
-    return _resampler(orig_freq, new_freq)(torch.from_numpy(padded))[:kept].numpy()
+    whole_seconds = -(-length // sample_rate) * sample_rate
+    # what torchaudio's _apply_sinc_resample_kernel computes, its padding and ours in one
+    padded = F.pad(
+        torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))[None, None],
+        (resampler.width, whole_seconds - length + resampler.width + orig_freq),
+    )
+    phases = F.conv1d(padded, resampler.kernel, stride=orig_freq)  # (1, new_freq, frames)
+    kept = int(torch.ceil(torch.as_tensor(new_freq * length / orig_freq)))  # its output length, in float32
+    return phases.transpose(1, 2).reshape(-1)[:kept].numpy()
 
 
 def to_model_input(
@@ -174,7 +182,9 @@ def to_model_input(
     if trim_db is not None:
         mono = trim_silence(mono, target_rate, threshold_db=trim_db)
     if normalize:
-        mono = (mono - mono.mean()) / np.sqrt(mono.var() + 1e-7)
+        scale = np.sqrt(mono.var() + 1e-7)
+        mono = mono - mono.mean()
+        mono /= scale  # in place: one copy of a long clip, not two
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
