@@ -47,6 +47,9 @@ from .scoring import Scorer, evaluating, module_logits
 # Files decoded and scored at a time: bounds memory on large directories, and is still enough
 # clips for batches of similar lengths.
 FILES_PER_CHUNK = 128
+# The first group is this small, and each next one twice the last, up to FILES_PER_CHUNK: the model
+# waits only for a few files to be read before it starts, and from then on threads read ahead.
+FIRST_CHUNK = 16
 # Clips or windows per forward pass: a pass has a fixed cost in Python and in launching kernels,
 # which a small model pays more often than it computes; past about this size a larger batch gains
 # nothing on a CPU (BENCHMARKS.md, predict) and only holds more memory.
@@ -447,7 +450,7 @@ def iter_predict(
     progress: bool = False,
     threads: int | None = None,
 ) -> Iterator[Prediction]:
-    """:func:`predict`, yielding each file's Prediction once its group of ``FILES_PER_CHUNK`` files is scored.
+    """:func:`predict`, yielding each file's Prediction once its group of files (at most ``FILES_PER_CHUNK``) is scored.
 
     Memory stays flat however many files there are, and a caller that writes results as they come
     keeps them all when a later file crashes the run. While one group is scored, threads read the
@@ -467,7 +470,10 @@ def iter_predict(
     window = max(1, round(window_seconds * scorer.sample_rate))
     hop = max(1, round(hop_seconds * scorer.sample_rate))
     entries = expand_paths(paths)
-    chunks = [entries[i : i + FILES_PER_CHUNK] for i in range(0, len(entries), FILES_PER_CHUNK)]
+    chunks, start, size = [], 0, min(FIRST_CHUNK, FILES_PER_CHUNK)
+    while start < len(entries):
+        chunks.append(entries[start : start + size])
+        start, size = start + size, min(2 * size, FILES_PER_CHUNK)
     cores = threads or min(torch.get_num_threads(), idle_cores())
 
     def read_ahead(chunk: list[tuple[str, str | None]]) -> list[Future | str]:
