@@ -17,7 +17,7 @@ import torch
 from ser.config import DataConfig
 from ser.data import audio
 from ser.data import prepare as prepare_module
-from ser.data.batching import ClipDataset, LengthBucketBatchSampler, collate, padding_fraction
+from ser.data.batching import ClipDataset, LengthBucketBatchSampler, collate, pad_batch, padding_fraction
 from ser.data.corpus import CorpusError
 from ser.data.datamodule import RavdessDataModule
 from ser.data.prepare import PrepareSettings, StrictError, prepare
@@ -392,6 +392,16 @@ def test_collate_pads_with_a_mask_and_crops_reproducibly(noise_corpus, tmp_path)
     for row, item in enumerate(items):
         assert batch["attention_mask"][row].sum() == len(item["waveform"])
         assert torch.all(batch["waveforms"][row, len(item["waveform"]) :] == 0)
+
+
+def test_pad_batch_rounds_the_length_up_to_a_multiple_and_masks_only_real_samples():
+    clips = [np.ones(5, dtype=np.float32), np.full(11, 2.0, dtype=np.float32)]
+    batch, mask = pad_batch(clips, multiple=4)
+    assert batch.shape == mask.shape == (2, 12)
+    assert mask.sum(dim=1).tolist() == [5, 11]
+    assert torch.equal(batch[mask], torch.tensor([1.0] * 5 + [2.0] * 11))
+    assert torch.all(batch[~mask] == 0)
+    assert pad_batch(clips, multiple=11)[0].shape == (2, 11)  # already a multiple: no padding added
 
 
 def test_datamodule_gives_padded_batches_and_writes_the_manifest(noise_corpus, tmp_path):
