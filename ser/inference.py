@@ -56,7 +56,7 @@ FIRST_CHUNK = 16
 BATCH_SIZE = 16
 # Seconds of padded audio per forward pass at most, whatever BATCH_SIZE says: bounds memory when the
 # inputs are long windows (the first convolution of a wav2vec 2.0 encoder holds 512 channels for
-# every 5 samples, so 40 s of audio in float32 is about 250 MiB there). Speed does not need more.
+# every 5 samples, so 40 s of audio in float32 is about 250 MiB there).
 BATCH_SECONDS = 40.0
 # A batch is padded to a multiple of this many seconds: oneDNN builds its convolutions for each new
 # input shape, which takes longer than a small model's forward pass, and with lengths on a grid it
