@@ -215,10 +215,9 @@ def plan_batches(
 
 
 def _score_batch(scorer: Scorer, waveforms: Sequence[np.ndarray]) -> Tensor:
-    if scorer.uses_attention_mask:
-        batch, mask = pad_batch(waveforms, multiple=max(1, round(PAD_SECONDS * scorer.sample_rate)))
-    else:  # equal lengths: padding would change the scores
-        batch, mask = pad_batch(waveforms)
+    # without a mask the batch holds clips of one length, and padding would change their scores
+    grid = max(1, round(PAD_SECONDS * scorer.sample_rate)) if scorer.uses_attention_mask else 1
+    batch, mask = pad_batch(waveforms, multiple=grid)
     logits = scorer.logits(batch, mask if scorer.uses_attention_mask else None)
     if logits.shape != (len(waveforms), len(scorer.labels)):
         raise RuntimeError(
