@@ -566,6 +566,22 @@ def test_ravdess_stand_in_refuses_more_actors_than_ravdess_has(tmp_path):
         write_stand_in(tmp_path / "r", "ravdess", speakers=25)
 
 
+@pytest.mark.parametrize("container", ["WAV", "FLAC", "AIFF"])
+def test_16_bit_audio_decodes_to_the_floats_libsndfile_gives(container):
+    import io
+
+    from ser.data.audio import decode
+
+    samples = np.random.default_rng(0).integers(-32768, 32768, size=(4800, 2), dtype=np.int16)
+    samples[:2] = [[-32768, 32767], [32767, -32768]]  # both extremes, in both channels
+    encoded = io.BytesIO()
+    sf.write(encoded, samples, 48_000, format=container, subtype="PCM_16")
+    decoded, rate = decode(encoded.getvalue())
+    expected, _ = sf.read(io.BytesIO(encoded.getvalue()), dtype="float32", always_2d=True)
+    assert rate == 48_000 and decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, expected)
+
+
 def test_tess_rate_resamples_quickly_and_usual_rates_as_torchaudio_does(stand_ins):
     import time
 
