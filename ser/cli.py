@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="torch threads on the CPU (default: the cores other processes leave idle, at least 1)",
+        help="cores to score on, on a CPU (default: the cores other processes leave idle, at least 1)",
     )
     add_segment_options(pred)
     pred.set_defaults(run=cmd_predict)

@@ -42,7 +42,7 @@ from .data import audio
 from .data.audio import AUDIO_SUFFIXES
 from .data.batching import pad_batch
 from .errors import UserError, first_line
-from .scoring import Scorer, evaluating, module_logits
+from .scoring import Scorer, evaluating, module_device, module_logits
 
 # Files decoded and scored at a time: bounds memory on large directories, and is still enough
 # clips for batches of similar lengths.
@@ -232,12 +232,14 @@ def score_waveforms(
     waveforms: Sequence[np.ndarray],
     batch_size: int = BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
+    workers: int = 1,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Class probabilities of model-ready waveforms (each ``(T_i,)`` float32), batched by length.
 
     Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
     be scored (too short, or the model failed on it alone); its row is then NaN. A batch holds at most
-    ``batch_size`` items and :data:`BATCH_SECONDS` of padded audio. ``on_batch(n)`` is called after
+    ``batch_size`` items and :data:`BATCH_SECONDS` of padded audio. ``workers`` batches are scored at
+    once, each on a thread of its own (see :func:`batch_workers`). ``on_batch(n)`` is called after
     every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
     """
     probabilities = np.full((len(waveforms), len(scorer.labels)), np.nan, dtype=np.float32)
@@ -256,24 +258,49 @@ def score_waveforms(
         equal_lengths=not scorer.uses_attention_mask,
         max_samples=round(BATCH_SECONDS * scorer.sample_rate),
     )
-    for batch in batches:
+
+    def score(batch: np.ndarray) -> int:
         items = [usable[j] for j in batch]
-        try:
-            probabilities[items] = _score_batch(scorer, [waveforms[i] for i in items]).numpy()
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as error:  # noqa: BLE001 - torch, transformers and onnxruntime each raise their own kinds
-            # One bad item must not cost the others their scores: find it by scoring each alone.
-            for i in items:
-                try:
-                    probabilities[i] = _score_batch(scorer, [waveforms[i]]).numpy()[0]
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as alone:  # noqa: BLE001
-                    errors[i] = f"the model failed on it: {first_line(alone if len(items) > 1 else error)}"
-        if on_batch is not None:
-            on_batch(len(items))
+        # inference mode belongs to a thread: a worker thread enters it itself
+        with scorer.inference():
+            try:
+                probabilities[items] = _score_batch(scorer, [waveforms[i] for i in items]).numpy()
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - torch, transformers and onnxruntime each raise their own kinds
+                # One bad item must not cost the others their scores: find it by scoring each alone.
+                for i in items:
+                    try:
+                        probabilities[i] = _score_batch(scorer, [waveforms[i]]).numpy()[0]
+                    except torch.OutOfMemoryError:
+                        raise
+                    except Exception as alone:  # noqa: BLE001
+                        errors[i] = f"the model failed on it: {first_line(alone if len(items) > 1 else error)}"
+        return len(items)
+
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(batches) > 1:
+            scored = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map(score, batches)
+        else:
+            scored = map(score, batches)
+        for count in scored:  # in the calling thread, in order: progress bars need no locks
+            if on_batch is not None:
+                on_batch(count)
     return probabilities, errors
+
+
+def batch_workers(scorer: Scorer, cores: int) -> int:
+    """How many batches to score at once on ``cores`` cores: one per core for a torch model on a CPU,
+    each on one torch thread (run inside ``torch_threads(1)``); else 1, on every core.
+
+    A small model's forward pass is a long run of short operations, and torch's threads wait for each
+    other at the end of every one: whole batches side by side keep every core busy instead. The
+    scores are the same to float rounding. onnxruntime and GPUs parallelise a batch well themselves.
+    """
+    module = scorer.module if isinstance(scorer, CheckpointClassifier) else scorer
+    if cores > 1 and isinstance(module, torch.nn.Module) and module_device(module).type == "cpu":
+        return cores
+    return 1
 
 
 # --- threads -------------------------------------------------------------------------------------
@@ -434,8 +461,8 @@ def predict(
     format, sample rate and channel count soundfile reads. Clips longer than ``window_seconds`` are
     scored in windows every ``hop_seconds`` and their probabilities averaged. A file that cannot be
     read or scored gets a Prediction with ``error`` set; the others are scored all the same.
-    ``threads``: torch's threads while scoring, and threads reading files (default: the idle cores,
-    see :func:`torch_threads`).
+    ``threads``: the cores to score on (batches side by side, see :func:`batch_workers`, or torch's
+    threads) and the threads reading files (default: the idle cores, see :func:`torch_threads`).
     """
     return list(iter_predict(model, paths, window_seconds, hop_seconds, batch_size, progress, threads))
 
@@ -474,6 +501,7 @@ def iter_predict(
         chunks.append(entries[start : start + size])
         start, size = start + size, min(2 * size, FILES_PER_CHUNK)
     cores = threads or min(torch.get_num_threads(), idle_cores())
+    workers = batch_workers(scorer, cores)
 
     def read_ahead(chunk: list[tuple[str, str | None]]) -> list[Future | str]:
         # Decoding and resampling release the GIL, so these threads read while the model scores.
@@ -499,8 +527,8 @@ def iter_predict(
             if bar is not None:
                 bar.update(task, total=bar.tasks[task].total + len(pieces))
             on_batch = (lambda n: bar.advance(task, n)) if bar is not None else None
-            with scorer.inference(), torch_threads(cores):
-                probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch)
+            with scorer.inference(), torch_threads(1 if workers > 1 else cores):
+                probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch, workers)
             rows_of: dict[int, list[int]] = {}
             for j, owner in enumerate(owners):
                 rows_of.setdefault(owner, []).append(j)
@@ -556,6 +584,7 @@ __all__ = [
     "PredictError",
     "Scorer",
     "as_scorer",
+    "batch_workers",
     "expand_paths",
     "idle_cores",
     "iter_predict",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ser.inference import (
     Prediction,
     Scorer,
     as_scorer,
+    batch_workers,
     expand_paths,
     load_model,
     plan_batches,
@@ -551,3 +553,31 @@ def test_predict_with_explicit_threads_gives_the_same_scores(checkpoint, audio_t
     for a, b in zip(one, two):
         assert a.error is None and a.label == b.label
         np.testing.assert_allclose(probabilities_of(a), probabilities_of(b), atol=1e-5)
+
+
+def test_batches_side_by_side_score_as_one_at_a_time_and_without_autograd(checkpoint):
+    path, _ = checkpoint
+    scorer = load_model(path)
+    rng = np.random.default_rng(0)
+    waveforms = [rng.standard_normal(n).astype(np.float32) for n in (8000, 3000, 5000, 3000, 30, 7000)]
+    calls, real_logits = [], scorer.logits
+
+    def logits(batch, mask=None):
+        calls.append((threading.get_ident(), torch.is_grad_enabled()))
+        return real_logits(batch, mask)
+
+    scorer.logits = logits
+    progress = []
+    with scorer.inference():
+        one_at_a_time, errors_one = score_waveforms(scorer, waveforms, batch_size=1)
+        side_by_side, errors = score_waveforms(
+            scorer, waveforms, batch_size=1, workers=2, on_batch=lambda n: progress.append((n, threading.get_ident()))
+        )
+    np.testing.assert_allclose(side_by_side, one_at_a_time, atol=1e-6)  # the too-short clip is NaN in both
+    assert errors == errors_one and errors[4].startswith("too short")
+    assert progress == [(1, threading.get_ident())] * 5  # reported in the calling thread
+    main_thread = threading.get_ident()
+    assert {thread for thread, _ in calls[:5]} == {main_thread}
+    assert main_thread not in {thread for thread, _ in calls[5:]} and len(calls) == 10
+    assert not any(grad for _, grad in calls)  # inference mode is per thread: the workers enter it themselves
+    assert (batch_workers(scorer, 2), batch_workers(scorer, 1)) == (2, 1)
