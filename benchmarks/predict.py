@@ -16,8 +16,9 @@ demo's encoder trained for a few steps by ``ser.train`` on a synthetic corpus) e
 - two settings ``ser predict`` does not use by default, to see what they would give: batches of 8
   (``--batch-size 8``), and torch's oneDNN convolutions switched off.
 
-Every side runs on the same torch threads (``--threads``, by default torch's own count), so that the
-comparison does not depend on the machine's load (``ser predict`` alone would take only the idle cores).
+Every side runs on the same cores (``--threads``, by default torch's own count), so that the comparison
+does not depend on the machine's load (``ser predict`` alone would take only the idle cores): ``pipeline()``
+on that many torch threads, ``ser predict`` with a torch model scoring that many batches side by side.
 
 Then, each in fresh processes:
 
@@ -298,7 +299,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--files", type=int, help="files to score (default 480: 8 synthetic actors)")
     parser.add_argument("--repeats", type=int, help="timed runs per side (default 3)")
     parser.add_argument("--device", default="cpu", help="where both sides run the model (cpu, cuda)")
-    parser.add_argument("--threads", type=int, help="torch threads of every side (default: torch's own count)")
+    parser.add_argument("--threads", type=int, help="cores of every side (default: torch's own thread count)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 60 files, one timed run per side")
     parser.add_argument(
         "--output", type=Path, default=BENCHMARKS_MD, help="the benchmarks file to write (default: BENCHMARKS.md)"
@@ -451,7 +452,9 @@ def main() -> None:
         f"- `ser predict` is {ratio_best:.2f}x as fast as `pipeline()` at its best batch size ({best.split()[-1]}) "
         f"(target 2x: {'met' if ratio_best >= 2 else 'missed'}), and {ratio:.2f}x as fast as `pipeline()` at its "
         "default batch size (1).",
-        f"- every side on {threads} torch thread(s). Load average when the timed runs started and ended: "
+        f"- every side on {threads} core(s): `pipeline()` on as many torch threads, `ser predict` with as many "
+        "batches side by side (one torch thread each; onnxruntime parallelises within a batch). "
+        "Load average when the timed runs started and ended: "
         f"{load_before} and {load_after} (`os.getloadavg`, 1, 5 and 15 minutes).",
         f"One file from the command line, in fresh processes (median of {repeats}): `ser predict MODEL FILE --json` "
         f'takes: {commands}; `python -c "import torch"` takes {torch_seconds:.2f} s. The stages of the same '

@@ -239,8 +239,9 @@ def score_waveforms(
     Returns ``(probabilities (N, C) float32, errors)``: ``errors[i]`` is None, or why item i could not
     be scored (too short, or the model failed on it alone); its row is then NaN. A batch holds at most
     ``batch_size`` items and :data:`BATCH_SECONDS` of padded audio. ``workers`` batches are scored at
-    once, each on a thread of its own (see :func:`batch_workers`). ``on_batch(n)`` is called after
-    every batch of n items (progress bars). Call inside :meth:`Scorer.inference`.
+    once, each on a thread of its own with one torch thread (see :func:`batch_workers`); a single batch
+    keeps the caller's torch threads. ``on_batch(n)`` is called after every batch of n items (progress
+    bars). Call inside :meth:`Scorer.inference`.
     """
     probabilities = np.full((len(waveforms), len(scorer.labels)), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * len(waveforms)
@@ -280,6 +281,7 @@ def score_waveforms(
 
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(batches) > 1:
+            stack.enter_context(torch_threads(1))
             scored = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map(score, batches)
         else:
             scored = map(score, batches)
@@ -291,7 +293,7 @@ def score_waveforms(
 
 def batch_workers(scorer: Scorer, cores: int) -> int:
     """How many batches to score at once on ``cores`` cores: one per core for a torch model on a CPU,
-    each on one torch thread (run inside ``torch_threads(1)``); else 1, on every core.
+    each on one torch thread; else 1, on every core.
 
     A small model's forward pass is a long run of short operations, and torch's threads wait for each
     other at the end of every one: whole batches side by side keep every core busy instead. The
@@ -527,7 +529,7 @@ def iter_predict(
             if bar is not None:
                 bar.update(task, total=bar.tasks[task].total + len(pieces))
             on_batch = (lambda n: bar.advance(task, n)) if bar is not None else None
-            with scorer.inference(), torch_threads(1 if workers > 1 else cores):
+            with scorer.inference(), torch_threads(cores):
                 probabilities, errors = score_waveforms(scorer, pieces, batch_size, on_batch, workers)
             rows_of: dict[int, list[int]] = {}
             for j, owner in enumerate(owners):

@@ -563,11 +563,11 @@ def test_batches_side_by_side_score_as_one_at_a_time_and_without_autograd(checkp
     calls, real_logits = [], scorer.logits
 
     def logits(batch, mask=None):
-        calls.append((threading.get_ident(), torch.is_grad_enabled()))
+        calls.append((threading.get_ident(), torch.is_grad_enabled(), torch.get_num_threads()))
         return real_logits(batch, mask)
 
     scorer.logits = logits
-    progress = []
+    progress, threads = [], torch.get_num_threads()
     with scorer.inference():
         one_at_a_time, errors_one = score_waveforms(scorer, waveforms, batch_size=1)
         side_by_side, errors = score_waveforms(
@@ -576,8 +576,10 @@ def test_batches_side_by_side_score_as_one_at_a_time_and_without_autograd(checkp
     np.testing.assert_allclose(side_by_side, one_at_a_time, atol=1e-6)  # the too-short clip is NaN in both
     assert errors == errors_one and errors[4].startswith("too short")
     assert progress == [(1, threading.get_ident())] * 5  # reported in the calling thread
+    assert torch.get_num_threads() == threads
     main_thread = threading.get_ident()
-    assert {thread for thread, _ in calls[:5]} == {main_thread}
-    assert main_thread not in {thread for thread, _ in calls[5:]} and len(calls) == 10
-    assert not any(grad for _, grad in calls)  # inference mode is per thread: the workers enter it themselves
+    assert len(calls) == 10 and {call[0] for call in calls[:5]} == {main_thread}
+    assert main_thread not in {call[0] for call in calls[5:]}
+    assert {call[2] for call in calls[5:]} == {1}  # one torch thread per batch, the caller's restored after
+    assert not any(call[1] for call in calls)  # inference mode is per thread: the workers enter it themselves
     assert (batch_workers(scorer, 2), batch_workers(scorer, 1)) == (2, 1)
