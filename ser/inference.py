@@ -282,6 +282,7 @@ def score_waveforms(
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(batches) > 1:
             stack.enter_context(torch_threads(1))
+            # map cancels the batches not yet started when one raises (Ctrl-C, out of memory)
             scored = stack.enter_context(ThreadPoolExecutor(max_workers=workers)).map(score, batches)
         else:
             scored = map(score, batches)

@@ -583,3 +583,34 @@ def test_batches_side_by_side_score_as_one_at_a_time_and_without_autograd(checkp
     assert {call[2] for call in calls[5:]} == {1}  # one torch thread per batch, the caller's restored after
     assert not any(call[1] for call in calls)  # inference mode is per thread: the workers enter it themselves
     assert (batch_workers(scorer, 2), batch_workers(scorer, 1)) == (2, 1)
+
+
+def test_an_interrupted_batch_stops_the_batches_not_yet_started():
+    import time
+
+    attempted = []
+
+    class Interrupted:
+        name, labels, sample_rate, normalize, trim_db, uses_attention_mask, min_samples = (
+            "interrupted",
+            ["a", "b"],
+            16000,
+            True,
+            None,
+            True,
+            1,
+        )
+
+        def logits(self, waveforms, attention_mask=None):
+            attempted.append(len(waveforms))
+            if len(attempted) == 1:
+                raise KeyboardInterrupt  # Ctrl-C reaches the first batch
+            time.sleep(0.05)
+            return torch.zeros(len(waveforms), 2)
+
+        def inference(self):
+            return contextlib.nullcontext()
+
+    with pytest.raises(KeyboardInterrupt):
+        score_waveforms(Interrupted(), [np.zeros(100, np.float32)] * 40, batch_size=1, workers=2)
+    assert len(attempted) < 10  # of 40 batches
